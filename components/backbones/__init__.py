@@ -1,0 +1,11 @@
+"""Backbones: plain nn.Module(x, c_noise, cond) -> tensor; they know nothing of processes.
+
+BackboneSpec is the union of the backbone kinds (kind = file stem). While there is one kind it
+is that spec itself; later kinds (dit, sd_unet, ...) join as union members.
+"""
+
+from components.backbones.unet import UNet, UNetSpec
+
+BackboneSpec = UNetSpec
+
+__all__ = ["BackboneSpec", "UNet", "UNetSpec"]

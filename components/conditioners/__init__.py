@@ -1,0 +1,13 @@
+"""Conditioners: turn labels / prompts into the backbone's ``cond`` and know the null condition
+of classifier-free guidance. kind = file stem."""
+
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from components.conditioners.class_label import ClassLabel, ClassLabelSpec
+from components.conditioners.unconditional import Unconditional, UnconditionalSpec
+
+ConditionerSpec = Annotated[Union[UnconditionalSpec, ClassLabelSpec], Field(discriminator="kind")]
+
+__all__ = ["ClassLabel", "ClassLabelSpec", "ConditionerSpec", "Unconditional", "UnconditionalSpec"]
