@@ -1,0 +1,235 @@
+"""Checkpoints: safetensors weights + EMA + optimizer, step, and the spec as JSON, on any fsspec URL.
+
+A checkpoint is a folder:
+
+    spec.json            the RunSpec that trained it (the spec that serves it)
+    model.safetensors    the denoiser's weights
+    ema.safetensors      their exponential moving average (what sampling uses by default)
+    optimizer.safetensors  optimizer tensors; param groups and scalars in its metadata
+    state.json           {"step": N}; the data position and every random draw derive from it
+    manifest.json        sha256 and size of each file above, written last
+
+A folder without manifest.json is incomplete and never loaded or resumed from; a file whose
+hash does not match its manifest entry is reported by name. No pickle is ever loaded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import re
+from pathlib import Path
+from typing import Any
+
+import fsspec
+from safetensors import SafetensorError
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from zoo.errors import CheckpointError
+
+MANIFEST = "manifest.json"
+FILES = ("spec.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
+_STEP_DIR = re.compile(r"(?:step_|checkpoint_)(\d+)$")
+
+
+def step_dir(step: int) -> str:
+    return f"step_{step:08d}"
+
+
+# -- writing --------------------------------------------------------------------------------------
+def write(
+    folder: str | Path,
+    run_json: str,
+    model: dict[str, Tensor],
+    ema: dict[str, Tensor],
+    optimizer: dict[str, Any],
+    step: int,
+) -> Path:
+    """Write a complete checkpoint into a local folder (manifest last)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    blobs = {
+        "spec.json": run_json.encode(),
+        "model.safetensors": st_save(_contiguous(model)),
+        "ema.safetensors": st_save(_contiguous(ema)),
+        "optimizer.safetensors": _optimizer_blob(optimizer),
+        "state.json": json.dumps({"step": step}).encode(),
+    }
+    for name, blob in blobs.items():
+        (folder / name).write_bytes(blob)
+    manifest = {"step": step, "files": {n: {"sha256": _sha(b), "bytes": len(b)} for n, b in blobs.items()}}
+    (folder / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return folder
+
+
+def upload(local: str | Path, dest: str) -> str:
+    """Copy a local checkpoint folder to any fsspec URL, manifest last, so that an interrupted
+    copy is never taken for a checkpoint."""
+    fs, root = fsspec.core.url_to_fs(dest)
+    fs.makedirs(root, exist_ok=True)
+    for name in FILES:
+        fs.put_file(str(Path(local) / name), posixpath.join(root, name))
+    fs.put_file(str(Path(local) / MANIFEST), posixpath.join(root, MANIFEST))
+    return dest
+
+
+def prune(root: str, keep: int) -> list[str]:
+    """Delete all but the newest ``keep`` complete checkpoints under ``root``; incomplete ones
+    older than the newest complete one go too."""
+    found = _candidates(root)
+    complete = [(s, p) for s, p in found if _fs(root).exists(posixpath.join(p, MANIFEST))]
+    if not complete:
+        return []
+    keep_paths = {p for _, p in sorted(complete)[-keep:]}
+    newest = max(s for s, _ in complete)
+    doomed = [p for s, p in found if p not in keep_paths and s <= newest]
+    fs = _fs(root)
+    for p in doomed:
+        fs.rm(p, recursive=True)
+    return doomed
+
+
+# -- reading --------------------------------------------------------------------------------------
+def latest(url: str) -> str | None:
+    """The newest complete checkpoint at ``url``: the URL itself if it is one, else the newest
+    under url/checkpoints/ or among url's own step_* / checkpoint_* folders (Ray Train's)."""
+    fs = _fs(url)
+    root = _strip(url)
+    if fs.exists(posixpath.join(root, MANIFEST)):
+        return url
+    for base in (posixpath.join(root, "checkpoints"), root):
+        complete = [(s, p) for s, p in _candidates(base) if fs.exists(posixpath.join(p, MANIFEST))]
+        if complete:
+            return _unstrip(url, max(complete)[1])
+    return None
+
+
+def resolve(url: str) -> str:
+    """``latest(url)`` or a CheckpointError that says what was found instead."""
+    fs = _fs(url)
+    if not fs.exists(_strip(url)):
+        raise CheckpointError(f"no checkpoint at {url!r}: the path does not exist")
+    found = latest(url)
+    if found is None:
+        raise CheckpointError(
+            f"no complete checkpoint at {url!r} (a checkpoint is a folder with {MANIFEST}; "
+            "folders without it were interrupted while being written)"
+        )
+    return found
+
+
+class Checkpoint:
+    """A verified, complete checkpoint folder."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.fs = _fs(url)
+        self.root = _strip(url)
+        mpath = posixpath.join(self.root, MANIFEST)
+        try:
+            with self.fs.open(mpath, "rb") as f:
+                self.manifest = json.loads(f.read())
+            self.files = self.manifest["files"]
+        except FileNotFoundError:
+            raise CheckpointError(f"{url}: {MANIFEST} is missing; the checkpoint is incomplete") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
+        self.step = int(self.manifest["step"])
+
+    def read(self, name: str) -> bytes:
+        if name not in self.files:
+            raise CheckpointError(f"{self.url}: {name} is not listed in {MANIFEST}")
+        path = posixpath.join(self.root, name)
+        try:
+            with self.fs.open(path, "rb") as f:
+                blob = f.read()
+        except FileNotFoundError:
+            raise CheckpointError(f"{path}: file is missing") from None
+        want = self.files[name]
+        if len(blob) != want["bytes"] or _sha(blob) != want["sha256"]:
+            raise CheckpointError(
+                f"{path}: corrupt ({len(blob)} bytes, sha256 {_sha(blob)[:12]}; "
+                f"the manifest says {want['bytes']} bytes, sha256 {want['sha256'][:12]})"
+            )
+        return blob
+
+    def spec_json(self) -> str:
+        return self.read("spec.json").decode()
+
+    def tensors(self, name: str) -> dict[str, Tensor]:
+        blob = self.read(name)
+        try:
+            return st_load(blob)
+        except SafetensorError as e:
+            raise CheckpointError(f"{posixpath.join(self.root, name)}: not a valid safetensors file ({e})") from None
+
+    def optimizer_state(self) -> dict[str, Any]:
+        return _optimizer_from_blob(self.read("optimizer.safetensors"), posixpath.join(self.root, "optimizer.safetensors"))
+
+
+# -- helpers --------------------------------------------------------------------------------------
+def _fs(url: str) -> fsspec.AbstractFileSystem:
+    return fsspec.core.url_to_fs(url)[0]
+
+
+def _strip(url: str) -> str:
+    return fsspec.core.url_to_fs(url)[1]
+
+
+def _unstrip(url: str, path: str) -> str:
+    proto = url.split("://", 1)[0] + "://" if "://" in url else ""
+    return proto + path
+
+
+def _candidates(root: str) -> list[tuple[int, str]]:
+    fs = _fs(root)
+    base = _strip(root)
+    if not fs.isdir(base):
+        return []
+    out = []
+    for entry in fs.ls(base, detail=False):
+        m = _STEP_DIR.search(entry.rstrip("/"))
+        if m and fs.isdir(entry):
+            out.append((int(m.group(1)), entry))
+    return out
+
+
+def _sha(blob: bytes) -> str:
+    return hashlib.sha256(blob).hexdigest()
+
+
+def _contiguous(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: v.detach().contiguous().cpu() for k, v in sd.items()}
+
+
+def _optimizer_blob(sd: dict[str, Any]) -> bytes:
+    tensors, scalars = {}, {}
+    for pid, state in sd["state"].items():
+        for k, v in state.items():
+            if isinstance(v, Tensor):
+                tensors[f"state.{pid}.{k}"] = v.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(pid), {})[k] = v
+    meta = {"param_groups": json.dumps(sd["param_groups"]), "scalars": json.dumps(scalars)}
+    return st_save(tensors, metadata=meta)
+
+
+def _optimizer_from_blob(blob: bytes, where: str) -> dict[str, Any]:
+    try:
+        tensors = st_load(blob)
+        header_len = int.from_bytes(blob[:8], "little")
+        meta = json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
+        groups = json.loads(meta["param_groups"])
+        scalars = json.loads(meta["scalars"])
+    except (SafetensorError, KeyError, ValueError) as e:
+        raise CheckpointError(f"{where}: unreadable optimizer state ({e})") from None
+    state: dict[int, dict[str, Any]] = {}
+    for key, v in tensors.items():
+        _, pid, name = key.split(".", 2)
+        state.setdefault(int(pid), {})[name] = v
+    for pid, extra in scalars.items():
+        state.setdefault(int(pid), {}).update(extra)
+    return {"state": state, "param_groups": groups}

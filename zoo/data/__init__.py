@@ -1,0 +1,1 @@
+"""Data the package ships (the digits) and the readers of training data."""

@@ -1,0 +1,48 @@
+"""Closed-form references for testing solvers and processes.
+
+For data x0 ~ N(mu, s^2 I) and x_t = alpha x0 + sigma eps, the marginal is
+x_t ~ N(alpha mu, (alpha^2 s^2 + sigma^2) I) and the exact denoiser (the posterior mean) is
+
+    E[x0 | x_t] = mu + alpha s^2 / (alpha^2 s^2 + sigma^2) * (x_t - alpha mu),
+
+so any solver run with it must reproduce N(mu, s^2 I), and the probability-flow ODE has the
+closed-form solution x_t = alpha_t mu + sqrt(alpha_t^2 s^2 + sigma_t^2) z for a fixed z.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from components.denoisers.base import Cond, Prediction
+from components.noise.base import NoiseProcess
+from components.util import bcast
+
+
+class GaussianDenoiser(nn.Module):
+    """The exact denoiser of N(mu, s^2 I) data under ``process``; a drop-in for Denoiser."""
+
+    def __init__(self, process: NoiseProcess, mu: Tensor | float, s: float):
+        super().__init__()
+        self.process = process
+        self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float64))
+        self.s = float(s)
+
+    def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Prediction:
+        t = t.to(x.device).double().expand(x.shape[0])
+        x64 = x.double()
+        a, sg = bcast(self.process.alpha(t), x64), bcast(self.process.sigma(t), x64)
+        mu = self.mu.to(x.device)
+        gain = a * self.s**2 / (a * a * self.s**2 + sg * sg)
+        x0 = mu + gain * (x64 - a * mu)
+        eps = (x64 - a * x0) / sg.clamp_min(1e-300)
+        return Prediction(x, a.to(x.dtype), sg.to(x.dtype), x0.to(x.dtype), eps.to(x.dtype))
+
+    def marginal_std(self, t: Tensor) -> Tensor:
+        t = t.double()
+        return (self.process.alpha(t) ** 2 * self.s**2 + self.process.sigma(t) ** 2).sqrt()
+
+    def ode_solution(self, z: Tensor, t: Tensor) -> Tensor:
+        """x_t on the probability-flow ODE trajectory through standardized point z."""
+        t = t.double().reshape(())
+        return (self.process.alpha(t) * self.mu + self.marginal_std(t) * z.double()).to(z.dtype)
