@@ -1,0 +1,40 @@
+"""Exponential moving average of the weights (Polyak averaging), identical on every rank.
+
+decay_t = min(decay, (1 + t) / (10 + t)) with warmup (the schedule of Song et al.'s and
+diffusers' EMA), so early averages are not dominated by the random init. The decay depends only
+on the step, so a resumed run continues the exact same average.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class Ema:
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
+        self.decay, self.warmup = decay, warmup
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
+    @torch.no_grad()
+    def update(self, module: nn.Module, step: int) -> None:
+        d = self.decay_at(step)
+        for k, v in module.state_dict().items():
+            s = self.shadow[k]
+            if s.is_floating_point():
+                s.lerp_(v.detach(), 1 - d)
+            else:
+                s.copy_(v)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, sd: dict[str, Tensor]) -> None:
+        missing = set(self.shadow) ^ set(sd)
+        if missing:
+            raise KeyError(f"EMA state keys differ from the model's: {sorted(missing)[:5]}")
+        for k, v in sd.items():
+            self.shadow[k].copy_(v)

@@ -1,0 +1,107 @@
+"""The `zoo` command line, mirroring the Python API.
+
+    zoo list [PATTERN]
+    zoo describe NAME
+    zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
+    zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --out grid.png
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+import yaml
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="diffusion-zoo: train, sample and serve catalog models.")
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """KEY=VALUE pairs; values are read as YAML (200 -> int, true -> bool, [1,2] -> list)."""
+    out = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise typer.BadParameter(f"override {pair!r} is not KEY=VALUE (e.g. steps=200, optimizer.lr=1e-4)")
+        key, value = pair.split("=", 1)
+        out[key.strip()] = yaml.safe_load(value) if value.strip() else None
+    return out
+
+
+@app.command("list")
+def list_(pattern: str = typer.Argument("*", help="glob, e.g. 'ddpm-*'")) -> None:
+    """List catalog entries."""
+    import zoo
+
+    for name in zoo.list(pattern):
+        typer.echo(f"{name:24s} {zoo.get(name).description}")
+
+
+@app.command()
+def describe(name: str) -> None:
+    """Print a catalog entry in full (JSON)."""
+    import zoo
+
+    try:
+        typer.echo(zoo.describe(name))
+    except zoo.ZooError as e:
+        _fail(e)
+
+
+@app.command()
+def train(
+    name: str,
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. steps=200 optimizer.lr=1e-4"),
+    data: Optional[str] = typer.Option(None, help="URL of training data (builtin:digits, s3://...)"),
+    output: Optional[str] = typer.Option(None, help="where runs are written (path or fsspec URL)"),
+    resume: Optional[str] = typer.Option(None, help="'latest' for the newest run of this spec, or a run URL"),
+    progress: bool = typer.Option(True, help="show progress bars"),
+) -> None:
+    """Train a catalog entry; prints the run folder, checkpoint and sample grid."""
+    import zoo
+
+    try:
+        kw = parse_overrides(overrides or [])
+        if data is not None:
+            kw["data"] = data
+        if output is not None:
+            kw["output"] = output
+        res: bool | str = False if resume is None else (True if resume == "latest" else resume)
+        run = zoo.train(name, resume=res, progress=progress, **kw)
+    except zoo.ZooError as e:
+        _fail(e)
+    typer.echo(f"run:        {run.dir}")
+    typer.echo(f"checkpoint: {run.checkpoint}")
+    if run.grid:
+        typer.echo(f"samples:    {run.grid}")
+
+
+@app.command()
+def sample(
+    checkpoint: str = typer.Argument(..., help="checkpoint or run folder (any fsspec URL)"),
+    n: int = typer.Option(64, help="number of images"),
+    steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's)"),
+    solver: Optional[str] = typer.Option(None, help="solver kind, e.g. ddim, ddpm"),
+    seed: int = typer.Option(0),
+    guidance: Optional[float] = typer.Option(None, help="classifier-free guidance w"),
+    label: Optional[int] = typer.Option(None, help="class label for class-conditional models"),
+    out: str = typer.Option("samples.png", help="PNG grid to write"),
+    ema: bool = typer.Option(True, help="use the EMA weights"),
+) -> None:
+    """Sample a trained model into a PNG grid."""
+    import zoo
+
+    try:
+        model = zoo.load(checkpoint, ema=ema)
+        images = model.sample(n, steps=steps, solver=solver, seed=seed, guidance=guidance, labels=label, progress=True)
+    except (zoo.ZooError, ValueError) as e:
+        _fail(e)
+    typer.echo(zoo.save_grid(images, out))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,108 @@
+"""``zoo.train``: resolve a catalog entry with overrides, run the per-worker loop, write a grid."""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import fsspec
+
+from jobs.context import LocalContext
+from jobs.loop import train_loop
+from zoo import catalog
+from zoo import checkpoint as ckpt
+from zoo.errors import DataError, SpecError
+from zoo.images import save_grid
+from zoo.loading import load
+from zoo.specs import RunSpec
+
+
+@dataclass
+class Run:
+    spec: RunSpec
+    dir: str
+    checkpoint: str | None
+    grid: str | None = None
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+
+    def __repr__(self) -> str:
+        return f"Run({self.spec.name!r}, dir={self.dir!r}, checkpoint={self.checkpoint!r}, grid={self.grid!r})"
+
+
+def resolve_run(model: str | RunSpec, overrides: dict[str, Any]) -> RunSpec:
+    if isinstance(model, RunSpec):
+        return catalog.apply_overrides(model, overrides)
+    return catalog.get(model, **overrides)
+
+
+def train(
+    model: str | RunSpec,
+    *,
+    resume: bool | str = False,
+    progress: bool = True,
+    device: str | None = None,
+    **overrides: Any,
+) -> Run:
+    """Train a catalog entry (or a RunSpec) with typed overrides, e.g.
+    ``zoo.train("ddpm-digits", steps=200, batch_size=64)``.
+
+    ``resume=True`` continues the newest run of the same spec from its newest complete
+    checkpoint; ``resume="<run dir URL>"`` continues that run.
+    """
+    run = resolve_run(model, overrides)
+    if run.train.data is None:
+        raise DataError(
+            f"{run.name} needs training data: pass data='<URL of shards>' (e.g. s3://bucket/cifar10/). "
+            "Only the small *-digits entries ship their data (data='builtin:digits')."
+        )
+    run_dir, resume_from = run_directory(run, resume)
+    fs, path = fsspec.core.url_to_fs(run_dir)
+    fs.makedirs(path, exist_ok=True)
+    with fs.open(posixpath.join(path, "spec.json"), "w") as f:
+        f.write(json.dumps(run.model_dump(mode="json"), indent=2))
+
+    ctx = LocalContext(run_dir, run.train.keep_checkpoints, resume_from, device)
+    train_loop(run, ctx, progress=progress)
+    ctx.flush()
+    result = Run(run, run_dir, ckpt.latest(run_dir), metrics=ctx.metrics)
+    if run.train.grid_samples and result.checkpoint:
+        trained = load(result.checkpoint, device=ctx.device)
+        images = trained.sample(run.train.grid_samples, seed=run.train.seed, progress=progress)
+        result.grid = save_grid(images, posixpath.join(run_dir, "samples.png"))
+    return result
+
+
+def run_directory(run: RunSpec, resume: bool | str) -> tuple[str, str | None]:
+    """(run dir, checkpoint source to resume from). Runs are named ``<name>-<spec hash>``; a
+    second fresh run of the same spec gets ``-2``, ``-3``, ... so nothing is overwritten."""
+    if isinstance(resume, str):
+        if ckpt.latest(resume) is None:
+            raise SpecError(f"resume={resume!r}: no complete checkpoint there to resume from")
+        return resume.rstrip("/"), resume
+    base = posixpath.join(run.train.output.rstrip("/"), f"{run.name}-{run.hash()}")
+    fs, base_path = fsspec.core.url_to_fs(base)
+    pattern = re.compile(re.escape(base_path.rsplit("/", 1)[-1]) + r"(?:-(\d+))?$")
+    parent = posixpath.dirname(base_path)
+    existing = []
+    if fs.isdir(parent):
+        for p in fs.ls(parent, detail=False):
+            m = pattern.fullmatch(p.rstrip("/").rsplit("/", 1)[-1])
+            if m:
+                existing.append((int(m.group(1) or 1), p))
+    existing.sort()
+    if resume:
+        for _, p in reversed(existing):
+            url = _with_protocol(base, p)
+            if ckpt.latest(url) is not None:
+                return url, url
+        raise SpecError(f"resume=True: no run of {run.name} (spec {run.hash()}) with a checkpoint under {run.train.output!r}")
+    if not existing:
+        return base, None
+    return f"{base}-{existing[-1][0] + 1}", None
+
+
+def _with_protocol(template: str, path: str) -> str:
+    return template.split("://", 1)[0] + "://" + path if "://" in template else path
