@@ -1,0 +1,95 @@
+"""Shared fixtures. The trained ddpm-digits run is made once per session (a few minutes on
+2 CPU cores) and shared by every test that needs a trained model."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import zoo
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+
+@pytest.fixture(scope="session")
+def trained_digits(tmp_path_factory) -> zoo.Run:
+    """ddpm-digits exactly as the catalog has it (the `make demo` run)."""
+    out = tmp_path_factory.mktemp("runs")
+    return zoo.train("ddpm-digits", output=str(out), progress=False)
+
+
+def tiny_overrides(**extra) -> dict:
+    """A ddpm-digits small enough to train a few steps in a second, for plumbing tests."""
+    base = {
+        "backbone.channels": 8,
+        "backbone.channel_mult": [1, 2],
+        "backbone.attention_resolutions": [8],
+        "backbone.groups": 4,
+        "batch_size": 16,
+        "steps": 4,
+        "checkpoint_every": 2,
+        "log_every": 1,
+        "grid_samples": 0,
+        "sampling.steps": 5,
+    }
+    base.update(extra)
+    return base
+
+
+# -- shared infrastructure: one real S3 API server and one local Ray cluster per session -----------
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's ThreadedMotoServer on 127.0.0.1 (a real S3 API over HTTP; nothing leaves the
+    machine). The AWS_* variables, AWS_ENDPOINT_URL included, are set for the whole session, so
+    plain ``s3://`` URLs in fsspec/s3fs, boto3 and Ray workers started afterwards reach it."""
+    import os
+
+    pytest.importorskip("moto")
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ENDPOINT_URL_S3": endpoint,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(s3_server):
+    """One embedded local Ray cluster for the session (4 logical CPUs on 2 cores, so Ray Data
+    has CPUs beside the train workers; no dashboard). Started after the S3 server so its
+    workers inherit the endpoint; shut down at the end if this fixture started it."""
+    ray = pytest.importorskip("ray")
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    if started:
+        ray.shutdown()
