@@ -76,14 +76,16 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     for step in range(start, tr.steps):
         raw = data.batch(step)
         noise = RandomSource.for_step(tr.seed, step, tr.batch_size, rows, device)
+        raw = {k: v.to(device) for k, v in raw.items()}
         with torch.no_grad():
-            x0 = model.encode(raw["image"].to(device))
-        cond = model.conditioner({k: v.to(device) for k, v in raw.items() if k != "image"}, noise)
+            x0 = raw.pop("latent") if "latent" in raw else model.encode(raw.pop("image"))
+        cond = model.conditioner(raw, noise)
+        extra = {k: v for k, v in raw.items() if k != "label"}  # e.g. reflow's noise pairs
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step, tr.optimizer)
         autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
         with autocast:
-            loss, metrics = objective.loss(trained, {"x0": x0, "cond": cond}, noise, step)
+            loss, metrics = objective.loss(trained, {**extra, "x0": x0, "cond": cond}, noise, step)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"{run.name}: loss is {loss.item()} at step {step}; stopping. The last good checkpoint "

@@ -136,3 +136,20 @@ def test_sampling_is_reproducible_per_seed(tmp_path):
     torch.testing.assert_close(per[1:2], solo, rtol=1e-5, atol=1e-5)
     with pytest.raises(zoo.SpecError, match="'ddpm', 'ddim'"):
         model.sample(2, solver="euler-ish")
+
+
+def test_tensor_file_source_passes_every_column(tmp_path):
+    from safetensors.torch import save_file
+
+    from zoo.data import digits
+
+    x, y = digits.load("train")
+    path = tmp_path / "pairs.safetensors"
+    save_file({"image": x[:64].contiguous(), "label": y[:64].contiguous(), "noise": torch.randn(64, 1, 16, 16)}, str(path))
+    spec = zoo.get("ddpm-digits", data=str(path), batch_size=16).train
+    batch = open_data(spec).batch(3)
+    assert set(batch) == {"image", "label", "noise"} and batch["noise"].shape == (16, 1, 16, 16)
+    run = zoo.train("ddpm-digits", output=str(tmp_path / "runs"), progress=False, **tiny_overrides(data=str(path)))
+    assert run.checkpoint is not None
+    with pytest.raises(zoo.DataError, match="missing.safetensors"):
+        open_data(zoo.get("ddpm-digits", data=str(tmp_path / "missing.safetensors")).train)
