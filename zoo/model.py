@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -102,7 +103,9 @@ class Model(nn.Module):
             raise ValueError(f"guidance must be >= 0, got {w}")
         device = self.device
         if noise is None:
-            seeds = [(seed, n)] if isinstance(seed, int) else [(s, 1) for s in seed]
+            seeds = [(int(seed), n)] if isinstance(seed, numbers.Integral) else [(int(s), 1) for s in seed]
+            if len(seeds) != n and not isinstance(seed, numbers.Integral):
+                raise ValueError(f"got {len(seeds)} seeds for n={n} samples (give one seed, or one per sample)")
             noise = RandomSource.from_seeds(seeds, device)
         if noise.n != n:
             raise ValueError(f"noise source has {noise.n} rows for n={n} samples")
