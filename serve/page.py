@@ -13,6 +13,7 @@ PAGE = """<!doctype html>
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <base href="__BASE__">
 <title>diffusion-zoo</title>
+<link rel="icon" href="data:,">
 <style>
   body { font: 15px/1.4 system-ui, sans-serif; margin: 2rem auto; max-width: 56rem; padding: 0 1rem; color: #222; }
   h1 { font-size: 1.4rem; margin-bottom: .2rem; }
@@ -34,9 +35,9 @@ PAGE = """<!doctype html>
 <body>
 <h1>diffusion-zoo</h1>
 <p class="sub">Models served from their training spec. API: <a href="docs">docs</a> &middot; <a href="openapi.json">openapi.json</a></p>
-<form id="form" onsubmit="generate(event)">
+<form id="form">
   <label for="model">Model</label>
-  <select id="model" onchange="pick()"></select>
+  <select id="model"></select>
   <label for="label" class="cond-label hidden">Class</label>
   <select id="label" class="cond-label hidden"></select>
   <label for="prompt" class="cond-prompt hidden">Prompt</label>
@@ -112,6 +113,7 @@ async function generate(ev) {
     const body = await r.json();
     if (!r.ok) {
       $("status").textContent = "";
+      $("images").innerHTML = "";
       $("error").textContent = "HTTP " + r.status + ": " + body.detail;
       return;
     }
@@ -133,6 +135,8 @@ async function generate(ev) {
     $("generate").disabled = false;
   }
 }
+$("form").addEventListener("submit", generate);
+$("model").addEventListener("change", pick);
 load();
 </script>
 </body>
