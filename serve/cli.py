@@ -45,8 +45,8 @@ def serve_command(
     batching: bool = typer.Option(True, help="batch concurrent compatible requests"),
     overrides: list[str] = typer.Option(None, "--set", help="catalog override KEY=VALUE (catalog names only)"),
     config: Optional[str] = typer.Option(None, help="ServeOptions as YAML/JSON (instead of the flags above)"),
-    host: str = typer.Option("127.0.0.1", help="HTTP host of Serve's proxy"),
-    port: int = typer.Option(8000, help="HTTP port of Serve's proxy"),
+    host: Optional[str] = typer.Option(None, help="HTTP host of Serve's proxy [default: 127.0.0.1]"),
+    port: Optional[int] = typer.Option(None, help="HTTP port of Serve's proxy [default: 8000]"),
     address: Optional[str] = typer.Option(None, help="a running Ray cluster ('auto', 'ray://host:10001'); default: embedded"),
     export: Optional[str] = typer.Option(None, help="write the Ray Serve config to this file and exit"),
     image: Optional[str] = typer.Option(None, help="with --export: write a KubeRay RayService using this image"),
@@ -80,7 +80,7 @@ def serve_command(
                 per_model["overrides"] = parse_overrides(overrides)
             options, _ = options_from(tuple(models), name=name, weights=weights, **per_model)
         if export:
-            _export(options, export, image, port)
+            _export(options, export, image, port or 8000)
             return
         served = zoo.serve(options, host=host, port=port, address=address)
     except (zoo.ZooError, ValueError, TypeError, OSError) as e:

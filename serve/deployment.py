@@ -2,14 +2,19 @@
 generates, batching concurrent compatible requests with ``@serve.batch``.
 
 A failure inside the model comes back as an Outcome with an error (the ingress answers 5xx);
-it never raises through the replica, so the replica keeps serving. The network runs in a worker
-thread, so the replica's event loop keeps answering health checks and queueing requests while a
-batch computes; one batch at a time owns the model.
+it never raises through the replica, so the replica keeps serving.
+
+The network call runs synchronously on Serve's user-code event loop, as in Ray's batching
+examples: Serve keeps its own control loop (request intake, metrics, its watchdog) in another
+thread, and requests that arrive during a call join the next batch. Running the call in a
+worker thread instead made it compete for the GIL with request intake (a small CPU model holds
+the GIL most of the time), and batches stayed small: 3.4 vs 10 requests per call at 16 clients.
+For the same reason the replica defines no ``check_health`` (it would run on the busy loop and
+time out during a long call); Serve's watchdog detects a wedged loop.
 """
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from typing import Any
@@ -39,7 +44,6 @@ class ModelServer:
         self.model = source.load(device)
         self.load_s = time.perf_counter() - t0
         self.batching = opts.batching
-        self.lock = asyncio.Lock()
         self.replica = _replica_id()
         t0 = time.perf_counter()
         if opts.warmup_steps:  # first calls allocate and pick kernels; do it before taking traffic
@@ -65,8 +69,8 @@ class ModelServer:
         return await self._run([job for job, _ in items], [t for _, t in items])
 
     async def _run(self, jobs: list[Job], started: list[float]) -> list[Outcome]:
-        async with self.lock:
-            outcomes = await asyncio.to_thread(run_batch, self.model, jobs, self.batching.max_images, started)
+        # Synchronous on purpose (see the module docstring): one network call at a time.
+        outcomes = run_batch(self.model, jobs, self.batching.max_images, started)
         for o in outcomes:
             o.replica = self.replica
         return outcomes
@@ -74,11 +78,6 @@ class ModelServer:
     def ready(self) -> dict[str, Any]:
         return {"model": self.name, "replica": self.replica, "device": str(self.model.device),
                 "load_s": round(self.load_s, 3), "warmup_s": round(self.warmup_s, 3)}
-
-    def check_health(self) -> None:
-        """Serve's periodic health check: a replica whose model is gone is restarted."""
-        if self.model is None:
-            raise RuntimeError(f"{self.name}: no model loaded")
 
 
 def _replica_id() -> str:

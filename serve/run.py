@@ -12,6 +12,7 @@ already running keeps its own host and port, and ``served.url`` says which).
 from __future__ import annotations
 
 import time
+import warnings
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,13 +90,15 @@ def options_from(models: tuple[Any, ...], *, name: str | None = None, weights: s
     return ServeOptions.model_validate(body), memory
 
 
-def serve(*models: Any, host: str = "127.0.0.1", port: int = 8000, address: str | None = None,
+def serve(*models: Any, host: str | None = None, port: int | None = None, address: str | None = None,
           blocking: bool = False, **kwargs: Any) -> Served:
     """Deploy models (catalog names with weights=, checkpoint/run URLs, Models, ModelOptions, or
     one ServeOptions) as one Serve application; returns when every replica has warmed up.
 
     Per-model keywords (replicas=, autoscaling=, resources=, batching=, limits=, max_ongoing_requests=,
     warmup_steps=, device=, ema=, overrides=) apply to every model given; name= and weights= to one.
+    ``host``/``port`` (default 127.0.0.1:8000) start Serve's HTTP proxy; a proxy already running
+    on the cluster keeps its own (a warning says so when they differ).
     """
     import ray
     from ray import serve as ray_serve
@@ -110,8 +113,14 @@ def serve(*models: Any, host: str = "127.0.0.1", port: int = 8000, address: str 
     if not ray.is_initialized():
         ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False) \
             if address else ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
-    ray_serve.start(http_options={"host": host, "port": port})
+    running = _http_options()
+    if running is None:
+        ray_serve.start(http_options={"host": host or "127.0.0.1", "port": port or 8000})
+    elif (host or running[0], port or running[1]) != running:
+        warnings.warn(f"Serve already runs its HTTP proxy on {running[0]}:{running[1]}; host={host}, port={port} "
+                      "are ignored (they are cluster-wide, set when Serve starts)", stacklevel=2)
     ray_serve.run(compose(options, sources), name=options.app_name, route_prefix=options.route_prefix)
+    host, port = _http_options() or (host or "127.0.0.1", port or 8000)
     served = Served(_url(options.route_prefix, host, port), options)
     if blocking:
         try:
@@ -126,14 +135,17 @@ def _route_name(name: str) -> str:
     return "".join(c if c.isalnum() or c in "_.-" else "-" for c in name.lower()).strip("-_.") or "model"
 
 
-def _url(route_prefix: str, host: str, port: int) -> str:
-    """The app's URL from the proxy's actual HTTP options (a running proxy keeps its own)."""
+def _http_options() -> tuple[str, int] | None:
+    """(host, port) of the Serve proxy running on this cluster, or None if Serve is not running."""
     try:
         from ray.serve.context import _get_global_client
 
-        cfg = _get_global_client().http_config
-        host, port = cfg.host, cfg.port
-    except Exception:  # noqa: BLE001 - fall back to what was asked for
-        pass
+        client = _get_global_client(raise_if_no_controller_running=False)
+    except Exception:  # noqa: BLE001 - no controller, or Ray internals changed: treat as not running
+        return None
+    return None if client is None else (client.http_config.host, client.http_config.port)
+
+
+def _url(route_prefix: str, host: str, port: int) -> str:
     shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     return f"http://{shown}:{port}{route_prefix.rstrip('/')}"

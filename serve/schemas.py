@@ -87,7 +87,7 @@ class BatchInfo(BaseModel):
 
 class GenerateResponse(BaseModel):
     model: str
-    format: Literal["png"] = "png"
+    media_type: Literal["image/png"] = "image/png"
     images: list[str] = Field(description="one base64-encoded PNG per image")
     n: int
     height: int

@@ -171,7 +171,7 @@ def test_sixteen_concurrent_clients_are_batched_and_keep_their_seeds(served, run
     batches = [g.batch_requests for _, _, g in results]
     assert max(batches) > 1, f"no request was batched with another: {batches}"
     # batched or not, a request's images are its own seed's (checked on the batched ones first)
-    for steps, seed, g in sorted(results, key=lambda r: -r[2].batch_requests)[:32]:
+    for steps, seed, g in sorted(results, key=lambda r: -r[2].batch_requests)[:16]:
         alone = runs.digits_model.sample(len(g.images), steps=steps, seed=seed)
         torch.testing.assert_close(g.images, alone, atol=1e-5, rtol=0)
 
