@@ -8,6 +8,7 @@ runs, so a local run and a KubeRay RayService deploy the same application.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from ray import serve as ray_serve
@@ -16,7 +17,7 @@ from ray.serve import Application
 from serve.deployment import ModelServer
 from serve.ingress import Ingress
 from serve.limits import ModelRules
-from serve.options import IngressOptions, ModelOptions, ServeOptions
+from serve.options import NAME_PATTERN, IngressOptions, ModelOptions, ServeOptions
 from serve.source import Source, resolve
 from zoo.errors import SpecError
 
@@ -33,6 +34,7 @@ def model_deployment_options(name: str, opts: ModelOptions) -> dict[str, Any]:
         "name": model_deployment_name(name),
         "ray_actor_options": opts.resources.ray_actor_options(),
         "max_ongoing_requests": opts.max_ongoing_requests,
+        "max_queued_requests": opts.max_queued_requests,
         "user_config": opts.batching.model_dump(mode="json"),
     }
     if opts.autoscaling is not None:
@@ -60,6 +62,9 @@ def build(options: ServeOptions) -> Application:
 
 def compose(options: ServeOptions, sources: list[Source]) -> Application:
     names = [s.name for s in sources]
+    bad = [n for n in names if not re.match(NAME_PATTERN, n)]
+    if bad:
+        raise SpecError(f"route names {bad} are not URL-safe ({NAME_PATTERN}): give each model a name=")
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:
         raise SpecError(f"two served models share the route name {dupes}: give each a distinct name=")

@@ -52,9 +52,12 @@ def serve_command(
     image: Optional[str] = typer.Option(None, help="with --export: write a KubeRay RayService using this image"),
 ) -> None:
     """Serve models over HTTP (Ray Serve), or export the app's config with --export."""
+    from pydantic import ValidationError
+
     import zoo
     from serve.options import ServeOptions
     from serve.run import options_from
+    from zoo.catalog import format_errors
 
     try:
         if config:
@@ -83,6 +86,8 @@ def serve_command(
             _export(options, export, image, port or 8000)
             return
         served = zoo.serve(options, host=host, port=port, address=address)
+    except ValidationError as e:
+        _fail(zoo.SpecError(f"invalid serving options:\n{format_errors(e)}"))
     except (zoo.ZooError, ValueError, TypeError, OSError) as e:
         _fail(e)
     typer.echo(f"serving {', '.join(served.names)} at {served.url}/  (API docs: {served.url}/docs; Ctrl-C stops)")

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import ValidationError
 from ray import serve as ray_serve
+from ray.serve.exceptions import BackPressureError
 from ray.serve.handle import DeploymentHandle
 
 from serve import encoding, page
@@ -157,7 +158,10 @@ class Ingress:
             raise Failure(e.status, f"invalid request for model {name!r}: {e}", e.errors) from None
         try:
             out: Outcome = await self.models[name].generate.remote(job)
-        except Exception as e:  # noqa: BLE001 - replica gone, backpressure, ...: the model is unavailable
+        except BackPressureError:
+            raise Failure(503, f"model {name!r} is busy: its request queue is full; retry later",
+                          headers={"Retry-After": "1"}) from None
+        except Exception as e:  # noqa: BLE001 - replica gone, ...: the model is unavailable
             raise Failure(503, f"model {name!r} is unavailable: {type(e).__name__}: {str(e)[:300]}",
                           headers={"Retry-After": "1"}) from None
         if out.error is not None:

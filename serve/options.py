@@ -87,10 +87,12 @@ class ModelOptions(Spec):
     autoscaling: AutoscalingOptions | None = None
     resources: ResourceOptions = ResourceOptions()
     max_ongoing_requests: int = Field(64, ge=1, description="requests one replica takes at once (batching needs > 1)")
+    max_queued_requests: int = Field(-1, ge=-1, description="requests queued per caller before a 503 (-1: no limit)")
     batching: BatchingOptions = BatchingOptions()
     limits: Limits = Limits()
     warmup_steps: int = Field(2, ge=0, description="solver steps of the warm-up sample run before a replica is ready")
-    device: str = Field("auto", description="'auto' (cuda when the replica has a GPU), 'cpu', 'cuda', 'cuda:1', ...")
+    device: str = Field("auto", pattern=r"^(auto|cpu|mps|cuda(:\d+)?)$",
+                        description="'auto' (cuda when the replica has a GPU), 'cpu', 'cuda', 'cuda:1', 'mps'")
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelOptions:

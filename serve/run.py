@@ -71,6 +71,9 @@ def options_from(models: tuple[Any, ...], *, name: str | None = None, weights: s
     if unknown:
         raise TypeError(f"zoo.serve() got unknown options {sorted(unknown)}; per-model options are {sorted(_MODEL_FIELDS)}")
     if len(models) == 1 and isinstance(models[0], ServeOptions):
+        given = sorted([k for k, v in {"name": name, "weights": weights, "ingress": ingress}.items() if v] + list(per_model))
+        if given or (app_name, route_prefix) != ("zoo", "/"):
+            raise TypeError(f"zoo.serve(ServeOptions) takes its settings from the options; got {given or 'app_name/route_prefix'} too")
         return models[0], {}
     if (name or weights) and len(models) != 1:
         raise TypeError("name= and weights= apply to one model; give several models as ModelOptions / dicts")
@@ -111,8 +114,12 @@ def serve(*models: Any, host: str | None = None, port: int | None = None, addres
     options, memory = options_from(models, **kwargs)
     sources = [in_memory(memory[i], m) if i in memory else resolve(m) for i, m in enumerate(options.models)]
     if not ray.is_initialized():
-        ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False) \
-            if address else ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+        if address:
+            ray.init(address=address, configure_logging=False)
+        else:
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+    elif address:
+        warnings.warn(f"this process is already connected to a Ray cluster; address={address!r} is ignored", stacklevel=2)
     running = _http_options()
     if running is None:
         ray_serve.start(http_options={"host": host or "127.0.0.1", "port": port or 8000})

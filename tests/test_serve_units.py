@@ -192,3 +192,17 @@ def test_zoo_serve_cli_exports_and_reports_errors(tmp_path):
     assert r.exit_code == 2 and "no weights to serve" in r.stderr
     r = runner.invoke(app, ["serve", "ddpm-digits", "--replicas", "many"])
     assert r.exit_code == 2 and "MIN-MAX" in r.output
+
+
+def test_zoo_serve_arguments_become_typed_options(tiny):
+    from serve.run import options_from
+
+    opts, memory = options_from(("runs/x", tiny), replicas=2, limits={"max_n": 4})
+    assert [m.replicas for m in opts.models] == [2, 2] and [m.limits.max_n for m in opts.models] == [4, 4]
+    assert memory == {1: tiny} and opts.models[1].model == "memory:ddpm-digits"
+    with pytest.raises(TypeError, match="name= and weights= apply to one model"):
+        options_from(("a", "b"), name="x")
+    with pytest.raises(TypeError, match=r"unknown options \['replica'\]"):
+        options_from(("a",), replica=2)
+    with pytest.raises(ValidationError, match="max_replicas"):
+        options_from(("a",), autoscaling={"min_replicas": 2, "max_replicas": 1})
