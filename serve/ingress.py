@@ -41,7 +41,7 @@ _ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 422, 500, 503)
 _GENERATE_BODY = {
     "requestBody": {"required": True, "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}}}
 }
-_IMAGES = {200: {"content": {"image/png": {}, encoding.NPY: {}, "application/json": {"schema": GenerateResponse.model_json_schema()}},
+_IMAGES = {200: {"model": GenerateResponse, "content": {"image/png": {}, encoding.NPY: {}},
                  "description": "image/png for format=png, application/x-npy for npy, JSON for base64"}}
 
 

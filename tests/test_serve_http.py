@@ -102,6 +102,8 @@ def test_models_are_listed_with_limits_and_the_api_is_described(served, runs):
     gen = api["paths"]["/v1/models/{name}/generate"]["post"]
     assert status == 200 and "steps" in gen["requestBody"]["content"]["application/json"]["schema"]["properties"]
     assert {"/healthz", "/readyz", "/v1/models"} <= set(api["paths"])
+    openapi_spec_validator = pytest.importorskip("openapi_spec_validator")
+    openapi_spec_validator.validate(api)  # a schema other tools can generate clients from
     assert c.health() and c.ready()["ready"] and set(c.ready()["models"]) == {"digits", "cond", "faulty"}
     status, headers, blob = c.request("GET", "/")
     assert status == 200 and b"<title>diffusion-zoo</title>" in blob
