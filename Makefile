@@ -7,7 +7,10 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 EXTRAS  := ray,s3,hf,dev
 
-.PHONY: demo test test-fast install bench clean
+# The web page test drives Debian's chromium through its chromedriver (never a downloaded browser).
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: demo test test-fast install browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -21,7 +24,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/zoo train ddpm-digits --output runs/demo
 
-test: $(STAMP)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  echo "installing Debian's chromium and chromium-driver (web page test)"; \
+	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
+
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q
 
 test-fast: $(STAMP)

@@ -6,6 +6,7 @@
     model = zoo.load(run.checkpoint)
     images = model.sample(16, steps=50, solver="ddim", seed=0)
     zoo.save_grid(images, "grid.png")
+    served = zoo.serve(run.checkpoint)             # Ray Serve app; zoo.client(served.url).generate(n=4)
 """
 
 from zoo.catalog import describe, get
@@ -16,9 +17,10 @@ from zoo.loading import build, load
 from zoo.model import Model
 from zoo.run import Run, train
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
+from serve.api import client, serve  # noqa: E402  (Ray is imported only when serving)
 
 __all__ = [
     "CheckpointError", "DataError", "Model", "ModelSpec", "NonFiniteLossError", "Run", "RunSpec",
     "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "describe", "get", "list",
-    "load", "save_grid", "train",
+    "load", "save_grid", "train", "serve", "client",
 ]

@@ -4,6 +4,7 @@
     zoo describe NAME
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
     zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --out grid.png
+    zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (serve/cli.py)
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ def sample(
         _fail(e)
     typer.echo(zoo.save_grid(images, out))
 
+
+from serve.cli import serve_command  # noqa: E402
+
+app.command("serve")(serve_command)
 
 if __name__ == "__main__":
     app()

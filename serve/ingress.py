@@ -1,0 +1,182 @@
+"""The HTTP front of the application (FastAPI, OpenAPI at /openapi.json, docs at /docs).
+
+    GET  /                              the web page
+    GET  /healthz                       liveness: the ingress answers
+    GET  /readyz                        readiness: every model has a replica that answers (else 503)
+    GET  /v1/models                     what is served, with each model's limits
+    GET  /v1/models/{name}              one model, with the full ModelSpec it serves
+    POST /v1/models/{name}/generate     images (png | base64 | npy)
+
+The ingress validates everything (body size, JSON, fields, the model's limits) before a request
+reaches a model replica: a bad request is a 4xx naming the field and costs the model nothing.
+"""
+
+# no `from __future__ import annotations`: FastAPI must see Request etc. as real classes on the
+# methods Serve rewrites for the class-based ingress.
+import asyncio
+import difflib
+import json
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import ValidationError
+from ray import serve as ray_serve
+from ray.serve.exceptions import BackPressureError
+from ray.serve.handle import DeploymentHandle
+
+from serve import encoding, page
+from serve.batching import Job, Outcome
+from serve.limits import ModelRules, RequestError
+from serve.schemas import (
+    BatchInfo, ErrorBody, FieldError, GenerateRequest, GenerateResponse, ModelInfo, ModelList,
+)
+
+api = FastAPI(
+    title="diffusion-zoo",
+    description="Catalog diffusion models served from the spec that trained them.",
+    version="1",
+)
+
+_ERRORS = {code: {"model": ErrorBody} for code in (400, 404, 413, 422, 500, 503)}
+_GENERATE_BODY = {
+    "requestBody": {"required": True, "content": {"application/json": {"schema": GenerateRequest.model_json_schema()}}}
+}
+_IMAGES = {200: {"model": GenerateResponse, "content": {"image/png": {}, encoding.NPY: {}},
+                 "description": "image/png for format=png, application/x-npy for npy, JSON for base64"}}
+
+
+class Failure(Exception):
+    def __init__(self, status: int, detail: str, errors: list[FieldError] | None = None, headers: dict | None = None):
+        self.status, self.detail, self.errors, self.headers = status, detail, errors or [], headers
+        super().__init__(detail)
+
+
+@api.exception_handler(Failure)
+async def _failure(request: Request, exc: Failure) -> JSONResponse:
+    body = ErrorBody(detail=exc.detail, errors=exc.errors).model_dump()
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers)
+
+
+# Helpers come before the class: Serve pickles the decorated class by value when it is
+# decorated, capturing only the module globals that exist at that moment.
+async def _json_body(request: Request, limit: int) -> object:
+    """The body parsed as JSON, or 413 past ``limit`` bytes (read no further) / 400 if not JSON."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise Failure(413, f"request body is {declared} bytes; the limit is {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise Failure(413, f"request body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    try:
+        return json.loads(b"".join(chunks))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise Failure(400, f"request body is not valid JSON: {e}", [FieldError(field=None, message=str(e))]) from None
+
+
+def _validate(body: object) -> GenerateRequest:
+    if not isinstance(body, dict):
+        raise Failure(422, f"request body must be a JSON object, got {type(body).__name__}")
+    try:
+        return GenerateRequest.model_validate(body, strict=True)
+    except ValidationError as e:
+        errors = []
+        for err in e.errors():
+            field = ".".join(str(p) for p in err["loc"]) or None
+            msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
+            errors.append(FieldError(field=field, message=f"{msg} (got {err['input']!r:.80})"))
+        shown = "; ".join(f"{x.field}: {x.message}" for x in errors)
+        raise Failure(422, f"invalid request: {shown}", errors) from None
+
+
+def _respond(name: str, req: GenerateRequest, job: Job, out: Outcome, rules: ModelRules) -> Response:
+    images = out.images
+    n, c, h, w = images.shape
+    if req.format == "base64":
+        body = GenerateResponse(
+            model=name, images=encoding.base64_pngs(images), n=n, height=h, width=w, channels=c, seed=job.seed,
+            steps=job.steps, solver=json.loads(job.solver), guidance=job.guidance, label=job.label, prompt=job.prompt,
+            batch=BatchInfo(requests=out.batch_requests, images=out.batch_images), replica=out.replica,
+            elapsed_s=round(out.elapsed_s, 4),
+        )
+        return JSONResponse(body.model_dump())
+    headers = {
+        "X-Zoo-Model": name, "X-Zoo-Seed": str(job.seed), "X-Zoo-Steps": str(job.steps),
+        "X-Zoo-Batch-Requests": str(out.batch_requests), "X-Zoo-Batch-Images": str(out.batch_images),
+        "X-Zoo-Replica": out.replica, "X-Zoo-Elapsed-S": f"{out.elapsed_s:.4f}",
+    }
+    if req.format == "npy":
+        return Response(encoding.npy(images), media_type=encoding.NPY, headers=headers)
+    return Response(encoding.png_grid(images), media_type="image/png", headers=headers)
+
+
+@ray_serve.ingress(api)
+class Ingress:
+    def __init__(self, rules: dict[str, ModelRules], models: dict[str, DeploymentHandle]):
+        self.rules, self.models = rules, models
+
+    # -- pages and probes ---------------------------------------------------------------------
+    @api.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index(self, request: Request) -> HTMLResponse:
+        return HTMLResponse(page.render(request.scope.get("root_path", "")))
+
+    @api.get("/healthz", summary="Liveness")
+    async def healthz(self) -> dict:
+        return {"status": "ok"}
+
+    @api.get("/readyz", summary="Readiness: every model answers", responses={503: {"description": "a model is not ready"}})
+    async def readyz(self) -> JSONResponse:
+        async def ask(name: str) -> dict:
+            try:
+                return {"ready": True, **await asyncio.wait_for(self.models[name].ready.remote(), 10)}
+            except Exception as e:  # noqa: BLE001 - any failure means not ready
+                return {"ready": False, "error": f"{type(e).__name__}: {e}"[:300]}
+
+        states = dict(zip(self.rules, await asyncio.gather(*(ask(n) for n in self.rules))))
+        ok = all(s["ready"] for s in states.values())
+        return JSONResponse({"ready": ok, "models": states}, status_code=200 if ok else 503)
+
+    # -- models ---------------------------------------------------------------------------------
+    @api.get("/v1/models", response_model=ModelList, summary="Served models and their limits")
+    async def list_models(self, request: Request) -> ModelList:
+        return ModelList(models=[self._info(r, request) for r in self.rules.values()])
+
+    @api.get("/v1/models/{name}", response_model=ModelInfo, responses={404: _ERRORS[404]}, summary="One model, with its spec")
+    async def get_model(self, name: str, request: Request) -> ModelInfo:
+        return self._info(self._find(name), request, full=True)
+
+    @api.post("/v1/models/{name}/generate", summary="Generate images", responses={**_IMAGES, **_ERRORS},
+              openapi_extra=_GENERATE_BODY)
+    async def generate(self, name: str, request: Request) -> Response:
+        rules = self._find(name)
+        req = _validate(await _json_body(request, rules.limits.max_body_bytes))
+        try:
+            job = rules.check(req)
+        except RequestError as e:
+            raise Failure(e.status, f"invalid request for model {name!r}: {e}", e.errors) from None
+        try:
+            out: Outcome = await self.models[name].generate.remote(job)
+        except BackPressureError:
+            raise Failure(503, f"model {name!r} is busy: its request queue is full; retry later",
+                          headers={"Retry-After": "1"}) from None
+        except Exception as e:  # noqa: BLE001 - replica gone, ...: the model is unavailable
+            raise Failure(503, f"model {name!r} is unavailable: {type(e).__name__}: {str(e)[:300]}",
+                          headers={"Retry-After": "1"}) from None
+        if out.error is not None:
+            raise Failure(500, f"model {name!r} failed on this request: {out.error[:500]}")
+        return _respond(name, req, job, out, rules)
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _find(self, name: str) -> ModelRules:
+        if name not in self.rules:
+            close = difflib.get_close_matches(name, list(self.rules), n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise Failure(404, f"unknown model {name!r}{hint} (served: {', '.join(self.rules)})",
+                          [FieldError(field="name", message=f"no model {name!r} is served")])
+        return self.rules[name]
+
+    def _info(self, rules: ModelRules, request: Request, full: bool = False) -> ModelInfo:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return rules.info(f"{root}/v1/models/{rules.name}/generate", full)
