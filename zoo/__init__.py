@@ -6,10 +6,12 @@
     model = zoo.load(run.checkpoint)
     images = model.sample(16, steps=50, solver="ddim", seed=0)
     zoo.save_grid(images, "grid.png")
+    print(zoo.evaluate(model, metric="digits_fid", nfe=[1, 2, 4, 8], solvers=["ddim", "ddpm"]))
 """
 
 from zoo.catalog import describe, get
 from zoo.catalog import names as list  # noqa: A001  (zoo.list mirrors `zoo list`)
+from zoo.evaluation import Evaluation, evaluate
 from zoo.errors import CheckpointError, DataError, NonFiniteLossError, SpecError, UnknownModelError, ZooError
 from zoo.images import save_grid
 from zoo.loading import build, load
@@ -18,7 +20,7 @@ from zoo.run import Run, train
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
 
 __all__ = [
-    "CheckpointError", "DataError", "Model", "ModelSpec", "NonFiniteLossError", "Run", "RunSpec",
-    "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "describe", "get", "list",
+    "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run", "RunSpec",
+    "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "describe", "evaluate", "get", "list",
     "load", "save_grid", "train",
 ]

@@ -4,6 +4,8 @@
     zoo describe NAME
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
     zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --out grid.png
+    zoo eval RUN --metric digits_fid --nfe 1,2,4,8 --solver ddim --solver ddpm   (zoo.evaluation.cli)
+    zoo stats DATA --inception pt_inception.pth
 """
 
 from __future__ import annotations
@@ -102,6 +104,10 @@ def sample(
         _fail(e)
     typer.echo(zoo.save_grid(images, out))
 
+
+from zoo.evaluation import cli as _eval_cli  # noqa: E402  zoo eval, zoo stats
+
+_eval_cli.register(app)
 
 if __name__ == "__main__":
     app()

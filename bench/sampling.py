@@ -1,0 +1,115 @@
+"""Sampling speed, as ratios measured in this run on the same network (ddpm-digits' UNet):
+
+- our solver loop (``Model.sample``: grid, prior, guidance/clipping binding, solver, decode)
+  vs the same number of bare network forwards: the solver's overhead;
+- our DDIM / DDPM vs diffusers' DDIMScheduler / DDPMScheduler stepping the same network with
+  the same number of steps, plus the largest difference of their samples on the same timesteps
+  and the same initial noise (a check that the two compute the same thing).
+
+    python bench/sampling.py [--n 32] [--steps 20] [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+import zoo  # noqa: E402
+from components.denoisers import bind  # noqa: E402
+from components.random import RandomSource  # noqa: E402
+from components.solvers import DdimSpec  # noqa: E402
+
+
+def timed(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="ddpm-digits")
+    p.add_argument("--n", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args(argv)
+    try:
+        from diffusers import DDIMScheduler, DDPMScheduler
+    except ImportError:
+        print("diffusers is not installed (pip install 'diffusion-zoo[hf]'): peer comparisons skipped")
+        DDIMScheduler = DDPMScheduler = None  # noqa: N806
+
+    torch.manual_seed(0)
+    model = zoo.build(args.model).eval()
+    proc, net, n, steps = model.process, model.denoiser.backbone, args.n, args.steps
+    T = proc.timesteps
+    if T is None or model.spec.denoiser.kind != "eps":
+        print(f"{args.model}: the diffusers comparison needs a discrete eps-prediction model")
+        return 2
+    shape = (n, *model.latent_shape)
+    x_T = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+
+    @torch.no_grad()
+    def bare():
+        x = x_T.clone()
+        for i in range(steps):
+            x = net(x, torch.full((n,), float(T - 1 - i * (T // steps))), None)
+
+    def ours(kind):
+        return lambda: model.sample(n, steps=steps, solver=kind, seed=0)
+
+    def peer(kind, sched):
+        @torch.no_grad()
+        def run():
+            sched.set_timesteps(steps)
+            x, g = x_T.clone(), torch.Generator().manual_seed(0)
+            for t in sched.timesteps:
+                eps = net(x, t.float().expand(n), None)
+                kw = {"use_clipped_model_output": True} if kind == "ddim" else {"generator": g}
+                x = sched.step(eps, t, x, **kw).prev_sample
+            return x
+
+        return run
+
+    betas = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=True)
+    candidates = {"bare forwards": bare, "ours ddim": ours("ddim"), "ours ddpm": ours("ddpm")}
+    if DDIMScheduler is not None:
+        candidates["diffusers ddim"] = peer("ddim", DDIMScheduler(**betas, set_alpha_to_one=True))
+        candidates["diffusers ddpm"] = peer("ddpm", DDPMScheduler(**betas, variance_type="fixed_small"))
+    for fn in candidates.values():  # warm-up
+        fn()
+    times = {k: [] for k in candidates}
+    for _ in range(args.repeats):  # interleaved, so load from other processes hits every candidate alike
+        for k, fn in candidates.items():
+            times[k].append(timed(fn))
+    med = {k: statistics.median(v) for k, v in times.items()}
+
+    print(f"{args.model}: {n} samples x {steps} steps, {torch.get_num_threads()} threads, median of {args.repeats}")
+    for k, v in med.items():
+        print(f"  {k:16s} {v * 1000:8.1f} ms   ({v / steps / n * 1e6:7.1f} us per sample-step)")
+    print(f"ratio ours ddim / bare forwards:     {med['ours ddim'] / med['bare forwards']:.3f}")
+    print(f"ratio ours ddpm / bare forwards:     {med['ours ddpm'] / med['bare forwards']:.3f}")
+    if DDIMScheduler is not None:
+        print(f"ratio ours ddim / diffusers DDIM:    {med['ours ddim'] / med['diffusers ddim']:.3f}")
+        print(f"ratio ours ddpm / diffusers DDPM:    {med['ours ddpm'] / med['diffusers ddpm']:.3f}")
+        # same timesteps (diffusers' 'leading' spacing), same x_T: the same deterministic samples
+        sched = DDIMScheduler(**betas, set_alpha_to_one=True)
+        sched.set_timesteps(steps)
+        ts = torch.cat([(sched.timesteps.double() + 1) / T, torch.zeros(1, dtype=torch.float64)])
+        with torch.no_grad():
+            fn = bind(model.denoiser, None, None, 0.0, model.spec.sampling.clip_x0)
+            mine = DdimSpec(eta=0.0).build()(fn, proc, x_T.clone(), ts, RandomSource.from_seed(0, n))
+            theirs = peer("ddim", sched)()
+        print(f"max |ours - diffusers| DDIM on the same timesteps: {(mine - theirs).abs().max().item():.2e}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
