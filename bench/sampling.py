@@ -2,7 +2,8 @@
 
 - our solver loop (``Model.sample``: grid, prior, guidance/clipping binding, solver, decode)
   vs the same number of bare network forwards: the solver's overhead;
-- our DDIM / DDPM vs diffusers' DDIMScheduler / DDPMScheduler stepping the same network with
+- our DDIM / DDPM (/ DPM-Solver++(2M) where the zoo has it) vs diffusers' DDIMScheduler /
+  DDPMScheduler (/ DPMSolverMultistepScheduler) stepping the same network with
   the same number of steps, plus the largest difference of their samples on the same timesteps
   and the same initial noise (a check that the two compute the same thing).
 
@@ -25,6 +26,7 @@ import zoo  # noqa: E402
 from components.denoisers import bind  # noqa: E402
 from components.random import RandomSource  # noqa: E402
 from components.solvers import DdimSpec  # noqa: E402
+from zoo.evaluation.plan import solver_kinds  # noqa: E402
 
 
 def timed(fn) -> float:
@@ -41,10 +43,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     args = p.parse_args(argv)
     try:
-        from diffusers import DDIMScheduler, DDPMScheduler
+        from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
     except ImportError:
         print("diffusers is not installed (pip install 'diffusion-zoo[hf]'): peer comparisons skipped")
-        DDIMScheduler = DDPMScheduler = None  # noqa: N806
+        DDIMScheduler = DDPMScheduler = DPMSolverMultistepScheduler = None  # noqa: N806
 
     torch.manual_seed(0)
     model = zoo.build(args.model).eval()
@@ -72,17 +74,22 @@ def main(argv: list[str] | None = None) -> int:
             x, g = x_T.clone(), torch.Generator().manual_seed(0)
             for t in sched.timesteps:
                 eps = net(x, t.float().expand(n), None)
-                kw = {"use_clipped_model_output": True} if kind == "ddim" else {"generator": g}
+                kw = {"ddim": {"use_clipped_model_output": True}, "ddpm": {"generator": g}}.get(kind, {})
                 x = sched.step(eps, t, x, **kw).prev_sample
             return x
 
         return run
 
-    betas = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02, clip_sample=True)
-    candidates = {"bare forwards": bare, "ours ddim": ours("ddim"), "ours ddpm": ours("ddpm")}
+    betas = dict(num_train_timesteps=T, beta_schedule="linear", beta_start=1e-4, beta_end=0.02)
+    # our solver kind -> the diffusers scheduler of the same algorithm; kinds not in this zoo's
+    # SolverSpec union at run time are left out (DPM-Solver++(2M) joins with its solver file)
+    peers = {"ddim": lambda: DDIMScheduler(**betas, clip_sample=True, set_alpha_to_one=True),
+             "ddpm": lambda: DDPMScheduler(**betas, clip_sample=True, variance_type="fixed_small"),
+             "dpmpp_2m": lambda: DPMSolverMultistepScheduler(**betas, algorithm_type="dpmsolver++", solver_order=2)}
+    kinds = [k for k in peers if k in solver_kinds()]
+    candidates = {"bare forwards": bare, **{f"ours {k}": ours(k) for k in kinds}}
     if DDIMScheduler is not None:
-        candidates["diffusers ddim"] = peer("ddim", DDIMScheduler(**betas, set_alpha_to_one=True))
-        candidates["diffusers ddpm"] = peer("ddpm", DDPMScheduler(**betas, variance_type="fixed_small"))
+        candidates.update({f"diffusers {k}": peer(k, peers[k]()) for k in kinds})
     for fn in candidates.values():  # warm-up
         fn()
     times = {k: [] for k in candidates}
@@ -94,13 +101,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}: {n} samples x {steps} steps, {torch.get_num_threads()} threads, median of {args.repeats}")
     for k, v in med.items():
         print(f"  {k:16s} {v * 1000:8.1f} ms   ({v / steps / n * 1e6:7.1f} us per sample-step)")
-    print(f"ratio ours ddim / bare forwards:     {med['ours ddim'] / med['bare forwards']:.3f}")
-    print(f"ratio ours ddpm / bare forwards:     {med['ours ddpm'] / med['bare forwards']:.3f}")
+    for k in kinds:
+        print(f"ratio ours {k} / bare forwards:{'':8s}{med[f'ours {k}'] / med['bare forwards']:.3f}")
     if DDIMScheduler is not None:
-        print(f"ratio ours ddim / diffusers DDIM:    {med['ours ddim'] / med['diffusers ddim']:.3f}")
-        print(f"ratio ours ddpm / diffusers DDPM:    {med['ours ddpm'] / med['diffusers ddpm']:.3f}")
+        for k in kinds:
+            print(f"ratio ours {k} / diffusers {k}:{'':6s}{med[f'ours {k}'] / med[f'diffusers {k}']:.3f}")
         # same timesteps (diffusers' 'leading' spacing), same x_T: the same deterministic samples
-        sched = DDIMScheduler(**betas, set_alpha_to_one=True)
+        sched = peers["ddim"]()
         sched.set_timesteps(steps)
         ts = torch.cat([(sched.timesteps.double() + 1) / T, torch.zeros(1, dtype=torch.float64)])
         with torch.no_grad():

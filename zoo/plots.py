@@ -46,7 +46,7 @@ def loss_curve(run_dir: str, out: str | None = None) -> str | None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     steps = [r["step"] for r in rows]
     ax.plot(steps, [r["loss"] for r in rows], marker="." if len(rows) < 50 else None, label="loss")
-    ax.set_yscale("log")
+    _log_y(ax)
     ax.set_xlabel("step")
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3, which="both")
@@ -65,9 +65,17 @@ def metric_vs_nfe(lines: dict[str, list[tuple[int, float]]], url: str, ylabel: s
     for label, pts in lines.items():
         pts = sorted(pts)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
+    from matplotlib.ticker import NullFormatter
+
     ax.set_xscale("log", base=2)
+    pts_x = [p[0] for pts in lines.values() for p in pts]
+    if pts_x:  # ticks at the powers of two the points span
+        lo, hi = min(pts_x), max(pts_x)
+        xs = [2**k for k in range(max(0, lo.bit_length() - 1), hi.bit_length() + 1) if lo <= 2**k <= max(hi, 1)] or [lo]
+        ax.set_xticks(xs, [str(x) for x in xs])
+        ax.xaxis.set_minor_formatter(NullFormatter())
     if log_y and all(p[1] > 0 for pts in lines.values() for p in pts):
-        ax.set_yscale("log")
+        _log_y(ax)
     ax.set_xlabel("NFE (network evaluations per sample)")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
@@ -75,3 +83,14 @@ def metric_vs_nfe(lines: dict[str, list[tuple[int, float]]], url: str, ylabel: s
     if lines:
         ax.legend(fontsize=8)
     return _save(fig, url)
+
+
+
+def _log_y(ax) -> None:
+    """Log y axis with plain tick labels at 1, 2, 5 x 10^k."""
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_formatter(NullFormatter())

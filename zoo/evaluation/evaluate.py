@@ -96,14 +96,25 @@ def evaluate(
     need_features = {m.detector for m in metrics if m.stat in ("precision", "recall")}
     refs: list[dict] = []
     ref_sizes: dict[str, int] = {}
-    for (mdl, data, _), given in zip(resolved, refs_given):
+    cache: dict[tuple[str, str], Any] = {}
+    for (mdl, data, _), name in zip(resolved, names):
+        c, size = mdl.spec.image.channels, mdl.spec.image.size
+        for det in dets.values():
+            try:
+                det.check((c, size, size))
+            except ValueError as e:
+                raise SpecError(f"{name}: {e}") from None
         url = ref or data
         if url is None and any(m.stat in ("fid", "precision", "recall") for m in metrics):
-            raise SpecError(f"{mdl.name}: no reference data known; pass ref='<data URL or statistics .npz>'")
-        r = {d: reference(url, det, features=d in need_features, device=str(dev), progress=progress) for d, det in dets.items()} if url else {}
+            raise SpecError(f"{name}: no reference data known; pass ref='<data URL or statistics .npz>'")
+        r = {}
+        for d, det in dets.items():
+            if url is not None and (url, d) not in cache:
+                cache[(url, d)] = reference(url, det, features=d in need_features, device=str(dev), progress=progress)
+            if url is not None:
+                r[d] = cache[(url, d)]
+                ref_sizes[r[d].name] = r[d].n
         refs.append(r)
-        for st in r.values():
-            ref_sizes[st.name] = st.n
 
     # the jobs: model x solver x budget
     jobs, records, skipped = [], [], []
@@ -124,7 +135,8 @@ def evaluate(
                 if p.steps is None:
                     continue
                 seeds = list(range(seed, seed + n))
-                jobs.append(Job(i, s, g, p.steps, guidance, seeds, labels_for(mdl, seeds, 0), batch_size, key=len(records) - 1))
+                jobs.append(Job(i, s, g, p.steps, guidance, seeds, labels_for(mdl, seeds, 0), batch_size,
+                                key=len(records) - 1, cost=p.nfe))
 
     # sample, score, keep a few images per cell for the grids
     for drawn in run_jobs(models, jobs, workers=workers, progress=progress):

@@ -34,6 +34,7 @@ class Job:
     labels: list[int] | None
     batch: int
     key: Any = None  # the caller's handle
+    cost: int = 1  # planned network calls per sample, for the progress bar
 
 
 @dataclass
@@ -64,7 +65,7 @@ def draw(model: Model, job: Job, on_batch=None) -> Drawn:
             out.append(to_uint8(x))
             nfes.add(calls[0])
             if on_batch is not None:
-                on_batch(len(seeds))
+                on_batch(len(seeds) * job.cost)
     finally:
         handle.remove()
     if len(nfes) != 1:
@@ -74,8 +75,8 @@ def draw(model: Model, job: Job, on_batch=None) -> Drawn:
 
 def run_jobs(models: list[Model], jobs: list[Job], workers: int = 1, progress: bool = True) -> Iterator[Drawn]:
     """Yield each job's samples (in job order), in-process or over ``workers`` Ray tasks per job."""
-    total = sum(len(j.seeds) for j in jobs)
-    bar = tqdm(total=total, desc="eval samples", unit="img", disable=not progress, mininterval=1.0)
+    total = sum(len(j.seeds) * j.cost for j in jobs)  # in sample-forwards: the work, whatever the NFE
+    bar = tqdm(total=total, desc="eval sampling", unit="fwd", unit_scale=True, disable=not progress, mininterval=1.0)
     try:
         if workers <= 1:
             for job in jobs:
@@ -105,14 +106,14 @@ def _run_ray(models: list[Model], jobs: list[Job], workers: int, bar) -> Iterato
                      for i in range(0, len(job.seeds), size)]
             shards.append([None] * len(parts))
             for p, (seeds, labels) in enumerate(parts):
-                sub = Job(job.model, job.solver, job.grid, job.steps, job.guidance, seeds, labels, job.batch)
+                sub = Job(job.model, job.solver, job.grid, job.steps, job.guidance, seeds, labels, job.batch, cost=job.cost)
                 pending[remote.remote(refs[job.model], sub)] = (j, p)
         emitted = 0
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             j, p = pending.pop(done[0])
             shards[j][p] = ray.get(done[0])
-            bar.update(len(shards[j][p].images))
+            bar.update(len(shards[j][p].images) * jobs[j].cost)
             while emitted < len(jobs) and all(s is not None for s in shards[emitted]):
                 parts = shards[emitted]
                 nfes = {d.nfe for d in parts}
