@@ -7,7 +7,9 @@
   the same number of steps, plus the largest difference of their samples on the same timesteps
   and the same initial noise (a check that the two compute the same thing).
 
-    python bench/sampling.py [--n 32] [--steps 20] [--repeats 3]
+    python bench/sampling.py [--n 16] [--steps 10] [--repeats 5] [--threads 1]
+
+Times are CPU time of one thread (robust on a machine shared with other work); wall time is printed too.
 """
 
 from __future__ import annotations
@@ -29,19 +31,23 @@ from components.solvers import DdimSpec  # noqa: E402
 from zoo.evaluation.plan import solver_kinds  # noqa: E402
 
 
-def timed(fn) -> float:
-    t = time.perf_counter()
+def timed(fn) -> tuple[float, float]:
+    """(wall seconds, CPU seconds of this process). On a shared machine the CPU time is the robust
+    one: other processes' load stretches the wall clock, not the work done."""
+    t, c = time.perf_counter(), time.process_time()
     fn()
-    return time.perf_counter() - t
+    return time.perf_counter() - t, time.process_time() - c
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="ddpm-digits")
-    p.add_argument("--n", type=int, default=32)
-    p.add_argument("--steps", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--n", type=int, default=16)
+    p.add_argument("--steps", type=int, default=10)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--threads", type=int, default=1, help="torch threads (1: CPU time is exact work)")
     args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
     try:
         from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
     except ImportError:
@@ -96,11 +102,13 @@ def main(argv: list[str] | None = None) -> int:
     for _ in range(args.repeats):  # interleaved, so load from other processes hits every candidate alike
         for k, fn in candidates.items():
             times[k].append(timed(fn))
-    med = {k: statistics.median(v) for k, v in times.items()}
+    wall = {k: statistics.median(w for w, _ in v) for k, v in times.items()}
+    med = {k: statistics.median(c for _, c in v) for k, v in times.items()}  # CPU seconds
 
-    print(f"{args.model}: {n} samples x {steps} steps, {torch.get_num_threads()} threads, median of {args.repeats}")
+    print(f"{args.model}: {n} samples x {steps} steps, {torch.get_num_threads()} threads, median of {args.repeats}; "
+          "ratios of CPU time")
     for k, v in med.items():
-        print(f"  {k:16s} {v * 1000:8.1f} ms   ({v / steps / n * 1e6:7.1f} us per sample-step)")
+        print(f"  {k:16s} cpu {v * 1000:8.1f} ms ({v / steps / n * 1e6:7.1f} us per sample-step)   wall {wall[k] * 1000:8.1f} ms")
     for k in kinds:
         print(f"ratio ours {k} / bare forwards:{'':8s}{med[f'ours {k}'] / med['bare forwards']:.3f}")
     if DDIMScheduler is not None:
