@@ -36,6 +36,28 @@ def tiny_overrides(**extra) -> dict:
     return base
 
 
+@pytest.fixture(scope="session")
+def inception_weights(tmp_path_factory) -> dict[str, str]:
+    """Random FID Inception-v3 weights (nothing is downloaded), as .safetensors and .pth files,
+    with a variance-preserving init so the random features neither vanish nor explode."""
+    from safetensors.torch import save_file
+
+    from zoo.metrics.inception import FIDInceptionV3
+
+    folder = tmp_path_factory.mktemp("inception")
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        net = FIDInceptionV3()
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    sd = {k: v.contiguous() for k, v in net.state_dict().items()}
+    paths = {"safetensors": str(folder / "inception.safetensors"), "pth": str(folder / "inception.pth")}
+    save_file(sd, paths["safetensors"])
+    torch.save(sd, paths["pth"])
+    return paths
+
+
 # -- shared infrastructure: one real S3 API server and one local Ray cluster per session -----------
 
 

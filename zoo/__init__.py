@@ -7,10 +7,12 @@
     images = model.sample(16, steps=50, solver="ddim", seed=0)
     zoo.save_grid(images, "grid.png")
     served = zoo.serve(run.checkpoint)             # Ray Serve app; zoo.client(served.url).generate(n=4)
+    print(zoo.evaluate(model, metric="digits_fid", nfe=[1, 2, 4, 8], solvers=["ddim", "ddpm"]))
 """
 
 from zoo.catalog import describe, get
 from zoo.catalog import names as list  # noqa: A001  (zoo.list mirrors `zoo list`)
+from zoo.evaluation import Evaluation, evaluate
 from zoo.errors import CheckpointError, DataError, NonFiniteLossError, SpecError, UnknownModelError, ZooError
 from zoo.images import save_grid
 from zoo.loading import build, load
@@ -20,7 +22,7 @@ from zoo.specs import ModelSpec, RunSpec, TrainSpec
 from serve.api import client, serve  # noqa: E402  (Ray is imported only when serving)
 
 __all__ = [
-    "CheckpointError", "DataError", "Model", "ModelSpec", "NonFiniteLossError", "Run", "RunSpec",
-    "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "describe", "get", "list",
-    "load", "save_grid", "train", "serve", "client",
+    "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run",
+    "RunSpec", "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "client", "describe",
+    "evaluate", "get", "list", "load", "save_grid", "serve", "train",
 ]

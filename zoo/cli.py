@@ -5,6 +5,8 @@
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
     zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --out grid.png
     zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (serve/cli.py)
+    zoo eval RUN --metric digits_fid --nfe 1,2,4,8 --solver ddim --solver ddpm   (zoo.evaluation.cli)
+    zoo stats DATA --inception pt_inception.pth
 """
 
 from __future__ import annotations
@@ -104,9 +106,12 @@ def sample(
     typer.echo(zoo.save_grid(images, out))
 
 
+# commands that live with their subsystem
 from serve.cli import serve_command  # noqa: E402
+from zoo.evaluation import cli as _eval_cli  # noqa: E402  zoo eval, zoo stats
 
 app.command("serve")(serve_command)
+_eval_cli.register(app)
 
 if __name__ == "__main__":
     app()

@@ -12,7 +12,7 @@ import fsspec
 
 from jobs.context import LocalContext
 from jobs.loop import train_loop
-from zoo import catalog
+from zoo import catalog, plots
 from zoo import checkpoint as ckpt
 from zoo.errors import DataError, SpecError
 from zoo.images import save_grid
@@ -67,6 +67,7 @@ def train(
     ctx = LocalContext(run_dir, run.train.keep_checkpoints, resume_from, device)
     train_loop(run, ctx, progress=progress)
     ctx.flush()
+    plots.loss_curve(run_dir)  # <run>/loss.png from metrics.jsonl
     result = Run(run, run_dir, ckpt.latest(run_dir), metrics=ctx.metrics)
     if run.train.grid_samples and result.checkpoint:
         trained = load(result.checkpoint, device=ctx.device)

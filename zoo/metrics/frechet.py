@@ -2,16 +2,17 @@
 
     d^2 = ||mu_1 - mu_2||^2 + Tr(S_1 + S_2 - 2 (S_1 S_2)^{1/2})
 
-computed in float64 with scipy's sqrtm, as pytorch-fid and clean-fid do; FID is this distance
-on Inception-v3 pool features, "digits feature-FD" on the digits classifier's features.
+in float64. pytorch-fid and clean-fid take the trace term from scipy's sqrtm(S_1 S_2); for
+covariances (symmetric PSD) it equals Tr((A S_1 A)^{1/2}) with A = S_2^{1/2}, since A S_1 A is
+similar to S_1 S_2. That needs two symmetric eigendecompositions instead of a Schur
+decomposition of a non-symmetric matrix (about 10x faster at 2048-d and exact for singular
+covariances, where sqrtm needs pytorch-fid's eps offset). FID is this distance on Inception-v3
+pool features; the digits feature-FID on the digits classifier's features.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-from scipy import linalg
 
 
 def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -22,17 +23,22 @@ def gaussian_stats(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return f.mean(0), np.cov(f, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray, eps: float = 1e-6) -> float:
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((s + s.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+
+
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """Tr((S_1 S_2)^{1/2}) for symmetric PSD S_1, S_2."""
+    a = _psd_sqrt(s2)
+    m = a @ s1 @ a
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh((m + m.T) / 2), 0, None)).sum())
+
+
+def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
     mu1, mu2 = np.atleast_1d(mu1).astype(np.float64), np.atleast_1d(mu2).astype(np.float64)
     s1, s2 = np.atleast_2d(s1).astype(np.float64), np.atleast_2d(s2).astype(np.float64)
-    if mu1.shape != mu2.shape or s1.shape != s2.shape:
+    if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != (len(mu1), len(mu1)):
         raise ValueError(f"shapes differ: mu {mu1.shape} vs {mu2.shape}, sigma {s1.shape} vs {s2.shape}")
     diff = mu1 - mu2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", linalg.LinAlgWarning)
-        covmean = linalg.sqrtm(s1 @ s2)
-        if not np.isfinite(covmean).all():  # singular product: regularize as pytorch-fid does
-            offset = np.eye(len(s1)) * eps
-            covmean = linalg.sqrtm((s1 + offset) @ (s2 + offset))
-    covmean = covmean.real
-    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+    return float(diff @ diff + np.trace(s1) + np.trace(s2) - 2 * trace_sqrt_product(s1, s2))

@@ -1,0 +1,149 @@
+"""zoo.evaluate end to end on tiny models: NFE planning (measured, not assumed = steps), the
+method x NFE table, its CSV/JSON/PNG files next to the run, seeds independent of batching and
+workers, label-sampled accuracy of class-conditional models, the CLI, and the loss curve."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import zoo
+from components.denoisers.base import DenoiseFn
+from components.solvers.base import at
+from components.spec import Spec
+from tests.conftest import tiny_overrides
+from zoo.cli import app
+from zoo.evaluation import plan as planning
+from zoo.model import Model
+
+PNG = b"\x89PNG\r\n\x1a\n"
+COND = {"conditioner": {"kind": "class_label", "num_classes": 10, "drop_prob": 0.1}, "backbone.num_classes": 10}
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs")
+    return zoo.train("ddpm-digits", output=str(out), progress=False, **tiny_overrides())
+
+
+class HeunLikeSpec(Spec):
+    """A stand-in two-evaluations-per-step solver (Heun's pattern: 2 per step, 1 on the last)."""
+
+    kind: Literal["heun_like"] = "heun_like"
+
+    def build(self):
+        def solve(denoise: DenoiseFn, process, x, ts, noise):
+            for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
+                pred = denoise(x, at(t, x))
+                if i < len(ts) - 2:
+                    pred = denoise(x, at(s, x))
+                x = pred.x0 * float(process.alpha(s.reshape(1))) + pred.eps * float(process.sigma(s.reshape(1)))
+            return x
+
+        return solve
+
+
+def test_plan_fits_steps_to_measured_nfe():
+    process = zoo.build("ddpm-digits").process
+    grid = planning.grid_spec("uniform")
+    points = planning.plan(HeunLikeSpec(), grid, process, [1, 2, 4, 8])
+    assert [(p.budget, p.steps, p.nfe) for p in points] == [(1, 1, 1), (2, None, None), (4, 2, 3), (8, 4, 7)]
+    ddim = planning.plan(planning.solver_spec("ddim"), grid, process, [1, 3, 1000, 2000])
+    assert [(p.steps, p.nfe) for p in ddim] == [(1, 1), (3, 3), (1000, 1000), (None, None)]  # the chain has 1000 steps
+    assert {"ddpm", "ddim"} <= set(planning.solver_kinds())
+    assert planning.label(planning.solver_spec({"kind": "ddim", "eta": 1.0})) == "ddim(eta=1.0)"
+
+
+def test_evaluate_table_files_and_reproducibility(tiny_run):
+    ev = zoo.evaluate(tiny_run.dir, metric=["digits_fid", "digits_is"], nfe=[1, 2, 4], solvers=["ddim", "ddpm"],
+                      n=24, batch_size=24, progress=False)
+    assert [(r["solver"], r["nfe_budget"], r["steps"], r["nfe"]) for r in ev.records] == [
+        (s, b, b, b) for s in ("ddim", "ddpm") for b in (1, 2, 4)]
+    assert all(r["digits_fid"] > 0 and 1 <= r["digits_is"] <= 10 for r in ev.records)
+    text = str(ev)
+    assert "NFE 1" in text and "NFE 4" in text and "ddpm-digits" in text and "digits IS" in text
+    # written next to the run: CSV, JSON, text, a plot per metric, sample grids
+    run_eval = f"{tiny_run.dir}/eval"
+    assert ev.files["csv"] == f"{run_eval}/eval.csv"
+    body = json.loads(open(ev.files["json"]).read())
+    assert body["records"][0]["digits_fid"] == pytest.approx(ev.records[0]["digits_fid"])
+    assert open(ev.files["csv"]).readline().startswith("model,solver,grid,nfe_budget,steps,nfe")
+    for key in ("digits_fid_plot", "digits_is_plot", "samples ddpm-digits ddim"):
+        assert open(ev.files[key], "rb").read(8) == PNG
+    # sample i has seed i whatever the batching: the same numbers with batches of 7
+    again = zoo.evaluate(zoo.load(tiny_run.checkpoint), metric="digits_fid", nfe=[2], solvers="ddpm",
+                         n=24, batch_size=7, progress=False)
+    assert again.records[0]["digits_fid"] == pytest.approx(ev.value("ddpm-digits", "ddpm", 2)["digits_fid"], rel=1e-9)
+    assert again.files == {}  # a Model object has no run folder: nothing written unless out= is given
+
+
+def test_training_writes_a_loss_curve(tiny_run):
+    assert open(f"{tiny_run.dir}/loss.png", "rb").read(8) == PNG
+
+
+def test_conditional_models_are_label_sampled_and_scored():
+    model = zoo.build("ddpm-digits", **tiny_overrides(**COND))
+    guided = zoo.evaluate(model, metric="digits_accuracy", nfe=[2], n=20, guidance=1.0, progress=False)
+    assert 0.0 <= guided.records[0]["digits_accuracy"] <= 1.0 and guided.records[0]["guidance"] == 1.0
+    uncond = zoo.build("ddpm-digits", **tiny_overrides())
+    ev = zoo.evaluate([model, uncond], metric=["digits_accuracy", "digits_fid"], nfe=[2], n=20, progress=False)
+    assert ev.records[0]["digits_accuracy"] is not None and ev.records[1]["digits_accuracy"] is None
+    assert "n/a" in ev.table("digits_accuracy")
+    assert ev.rows() == [("ddpm-digits#1", "ddim"), ("ddpm-digits#2", "ddim")]  # same name, told apart
+    with pytest.raises(zoo.SpecError, match="ddpm-digits#2 is unconditional"):
+        zoo.evaluate([model, uncond], metric="digits_fid", nfe=[2], n=20, guidance=1.0, progress=False)
+
+
+def test_errors_name_the_culprit(monkeypatch):
+    model = zoo.build("ddpm-digits", **tiny_overrides())
+    monkeypatch.delenv("ZOO_INCEPTION", raising=False)
+    with pytest.raises(zoo.SpecError, match="inception="):
+        zoo.evaluate(model, metric="fid", n=8, progress=False)
+    with pytest.raises(zoo.SpecError, match="unknown metric 'fdi'"):
+        zoo.evaluate(model, metric="fdi", n=8)
+    with pytest.raises(zoo.SpecError, match="eta"):
+        zoo.evaluate(model, metric="digits_fid", solvers=[{"kind": "ddim", "eta": 3}], n=8)
+    with pytest.raises(zoo.SpecError, match="no reference data"):
+        zoo.evaluate(Model(model.spec, "not-in-catalog"), metric="digits_fid", n=8, progress=False)
+
+
+def test_fid_and_inception_score_with_given_weights_and_reference(tmp_path, inception_weights):
+    from safetensors.torch import save_file
+
+    from zoo.data import digits
+
+    weights = inception_weights["safetensors"]
+    data = str(tmp_path / "ref.safetensors")
+    save_file({"image": digits.load("heldout")[0][:5].contiguous()}, data)
+    ev = zoo.evaluate(zoo.build("ddpm-digits", **tiny_overrides()), metric=["fid", "is"], nfe=[1], n=5,
+                      ref=data, inception=weights, out=str(tmp_path / "eval"), progress=False)
+    r = ev.records[0]
+    assert r["fid"] > 0 and r["is"] >= 1.0 and ev.meta["detectors"]["inception"].startswith("pt_inception")
+    assert (tmp_path / "ref.stats.inception.npz").is_file()  # reference statistics stored next to the data
+    assert open(ev.files["fid_plot"], "rb").read(8) == PNG
+
+
+def test_cli_eval_and_stats(tiny_run, tmp_path):
+    runner = CliRunner()
+    r = runner.invoke(app, ["eval", tiny_run.checkpoint, "--metric", "digits_fid", "--nfe", "1,2", "--solver", "ddim",
+                            "--n", "12", "--out", str(tmp_path / "ev"), "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "NFE 2" in r.stdout and (tmp_path / "ev" / "eval.csv").is_file()
+    r = runner.invoke(app, ["eval", tiny_run.checkpoint, "--metric", "fid", "--n", "12"], env={"ZOO_INCEPTION": ""})
+    assert r.exit_code == 2 and "Inception" in r.stderr
+    r = runner.invoke(app, ["stats", "builtin:digits", "--detector", "digits", "--out", str(tmp_path / "s.npz")])
+    assert r.exit_code == 0 and "360 images" in r.stdout
+
+
+@pytest.mark.slow
+def test_ray_workers_give_the_in_process_numbers(tiny_run, ray_cluster):
+    model = zoo.load(tiny_run.checkpoint)
+    kw = dict(metric="digits_fid", nfe=[1, 3], solvers="ddpm", n=16, batch_size=8, progress=False)
+    local, remote = zoo.evaluate(model, **kw), zoo.evaluate(model, workers=2, **kw)
+    assert [r["nfe"] for r in remote.records] == [1, 3]
+    for a, b in zip(local.records, remote.records):
+        assert b["digits_fid"] == pytest.approx(a["digits_fid"], rel=1e-9)
