@@ -2,13 +2,17 @@
 
 decay_t = min(decay, (1 + t) / (10 + t)) with warmup (the schedule of Song et al.'s and
 diffusers' EMA), so early averages are not dominated by the random init. The decay depends only
-on the step, so a resumed run continues the exact same average.
+on the step, so a resumed run continues the exact same average. Every rank updates its own
+copy from the same (all-reduced) weights, so the average is identical on every rank; under FSDP
+each rank averages its own shard.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from jobs.parallel import place_like
 
 
 class Ema:
@@ -37,4 +41,4 @@ class Ema:
         if missing:
             raise KeyError(f"EMA state keys differ from the model's: {sorted(missing)[:5]}")
         for k, v in sd.items():
-            self.shadow[k].copy_(v)
+            self.shadow[k].copy_(place_like(v, self.shadow[k]))  # sharded like the weights under FSDP

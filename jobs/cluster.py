@@ -1,0 +1,67 @@
+"""Which Ray cluster a run uses: the one this process already joined; the one ``address=`` or
+``RAY_ADDRESS`` names; or an embedded local cluster started on the spot (no dashboard, enough
+logical CPUs that Ray Data has some beside the train workers even on a 2-core machine, so
+nothing waits forever for a CPU)."""
+
+from __future__ import annotations
+
+import math
+import os
+
+from zoo.errors import SpecError
+
+
+_embedded = False
+
+
+def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, progress: bool = True) -> str:
+    """Join or start a cluster; returns how ('existing', 'address', 'embedded')."""
+    global _embedded
+    import ray
+
+    if ray.is_initialized():
+        if not _embedded:
+            return "existing"
+        have = ray.cluster_resources()
+        if have.get("CPU", 0) >= cpus + 1 and have.get("GPU", 0) >= gpus:
+            return "embedded"
+        ray.shutdown()  # our own embedded cluster is too small for this run: start a larger one
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        if address.startswith(("http://", "https://")):
+            raise SpecError(
+                f"address={address!r} is a job submission (dashboard) address: use zoo.submit / `zoo submit` "
+                "for it, or give zoo.train the cluster's own address (HOST:6379, ray://HOST:10001 or 'auto')")
+        ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=progress)
+        return "address"
+    logical = max(os.cpu_count() or 1, math.ceil(cpus) + 1)  # +1: Ray Data's readers and decoders
+    ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=progress)
+    _embedded = True
+    return "embedded"
+
+
+def check_resources(cpus: float, gpus: float, how: str) -> None:
+    """Refuse a run the cluster can never place (Ray would wait for the resources forever)."""
+    import ray
+
+    have = ray.cluster_resources()
+    if have.get("CPU", 0) >= cpus and have.get("GPU", 0) >= gpus:
+        return
+    msg = (f"the run asks for {cpus:g} CPUs and {gpus:g} GPUs (workers x cpus_per_worker / gpus_per_worker) but "
+           f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+    if how == "address":  # an autoscaling cluster may grow to fit
+        import warnings
+
+        warnings.warn(msg + "; waiting for the cluster to scale up", stacklevel=3)
+        return
+    raise SpecError(msg)
+
+
+def code_runtime_env() -> dict:
+    """Ship this package's code to a cluster that may not have it (or an older version)."""
+    import components
+    import jobs
+    import zoo
+
+    return {"py_modules": [os.path.dirname(m.__file__) for m in (zoo, components, jobs)],
+            "excludes": ["__pycache__", "*.pyc"]}

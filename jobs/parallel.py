@@ -1,0 +1,76 @@
+"""How the trainable backbone is spread over workers: replicated (DDP: every rank holds all
+weights, gradients are all-reduced) or sharded (FSDP2 ``fully_shard``: each rank holds a slice
+of every weight, gathered per block for compute). Checkpoints always hold full tensors, so a run
+saved under one strategy resumes under the other, and on any number of workers."""
+
+from __future__ import annotations
+
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+
+def shard(module: nn.Module) -> nn.Module:
+    """FSDP2: shard each block that holds weights of its own (a UNet/DiT block), then the root."""
+    from torch.distributed.fsdp import fully_shard
+
+    for child in module.modules():
+        if child is not module and isinstance(child, nn.ModuleList):
+            for block in child:
+                if any(True for _ in block.parameters()):
+                    fully_shard(block)
+    fully_shard(module)
+    return module
+
+
+def no_sync(module: nn.Module, enabled: bool):
+    """Skip the gradient all-reduce for this backward (all but the last micro-batch)."""
+    if not enabled:
+        return nullcontext()
+    if hasattr(module, "no_sync"):  # DDP
+        return module.no_sync()
+    if hasattr(module, "set_requires_gradient_sync"):  # FSDP2
+        return _fsdp_no_sync(module)
+    return nullcontext()
+
+
+@contextmanager
+def _fsdp_no_sync(module):
+    module.set_requires_gradient_sync(False)
+    try:
+        yield
+    finally:
+        module.set_requires_gradient_sync(True)
+
+
+def _is_dtensor(v: Any) -> bool:
+    return type(v).__name__ == "DTensor"
+
+
+def gather(sd: dict[str, Any]) -> dict[str, Any]:
+    """Full tensors of a (possibly sharded) state dict. Collective under FSDP: every rank calls it."""
+    return {k: v.full_tensor() if _is_dtensor(v) else v for k, v in sd.items()}
+
+
+def gather_optimizer(sd: dict[str, Any]) -> dict[str, Any]:
+    """An optimizer state dict with full tensors (collective under FSDP)."""
+    return {"state": {pid: gather(st) for pid, st in sd["state"].items()}, "param_groups": sd["param_groups"]}
+
+
+def place_like(full: Tensor, like: Tensor) -> Tensor:
+    """A full tensor placed as ``like`` is: sharded the same way when ``like`` is a DTensor."""
+    if _is_dtensor(like):
+        from torch.distributed.tensor import distribute_tensor
+
+        return distribute_tensor(full.to(like.device, like.dtype), like.device_mesh, like.placements)
+    return full
+
+
+def place_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """After ``load_state_dict`` of a full optimizer state: shard each tensor like its parameter."""
+    for p, st in optimizer.state.items():
+        for k, v in st.items():
+            if isinstance(v, Tensor) and _is_dtensor(p) and not _is_dtensor(v) and v.shape == p.shape:
+                st[k] = place_like(v, p)
