@@ -32,7 +32,10 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
             raise SpecError(
                 f"address={address!r} is a job submission (dashboard) address: use zoo.submit / `zoo submit` "
                 "for it, or give zoo.train the cluster's own address (HOST:6379, ray://HOST:10001 or 'auto')")
-        ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=progress)
+        if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # the driver of a submitted job: its runtime env holds
+            ray.init(address=address, log_to_driver=progress)  # the code already
+        else:
+            ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=progress)
         return "address"
     logical = max(os.cpu_count() or 1, math.ceil(cpus) + 1)  # +1: Ray Data's readers and decoders
     ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=progress)

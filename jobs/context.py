@@ -102,6 +102,7 @@ class LocalContext(WorkerContext):
 
     def event(self, row: dict[str, Any]) -> None:
         self.log.add(row)
+        self.log.flush()
 
     def flush(self) -> None:
         self.log.flush()

@@ -119,7 +119,8 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
         row = None
         if done % tr.log_every == 0 or is_ckpt:
             elapsed = time.perf_counter() - window_t
-            row = last = {"step": done, "loss": total, **{k: float(v) for k, v in metrics.items()},
+            row = last = {"step": done, "loss": parallel.mean_across_ranks(total),
+                          **{k: parallel.mean_across_ranks(float(v)) for k, v in metrics.items()},
                           "lr": lr_at(step, tr.optimizer), "img_per_s": window_n / max(elapsed, 1e-9),
                           **data.metrics()}
             bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{last['img_per_s']:.0f}")

@@ -74,3 +74,15 @@ def place_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
         for k, v in st.items():
             if isinstance(v, Tensor) and _is_dtensor(p) and not _is_dtensor(v) and v.shape == p.shape:
                 st[k] = place_like(v, p)
+
+
+def mean_across_ranks(value: float) -> float:
+    """The mean of a scalar over all workers (for logging the global batch's loss)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return value
+    device = "cuda" if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.item() / dist.get_world_size()

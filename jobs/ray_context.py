@@ -68,6 +68,7 @@ class RayContext(WorkerContext):
     def event(self, row: dict[str, Any]) -> None:
         if self.log is not None:
             self.log.add(row)
+            self.log.flush()
 
     def flush(self) -> None:
         if self.log is not None:
@@ -152,6 +153,7 @@ def worker_entry(config: dict[str, Any]) -> dict[str, Any]:
 
     run = RunSpec.model_validate_json(config["run_json"])
     ctx = RayContext(config)
-    last = train_loop(run, ctx, progress=config["progress"])
-    ctx.flush()
-    return last
+    try:
+        return train_loop(run, ctx, progress=config["progress"])
+    finally:
+        ctx.flush()  # the metrics up to a failure too

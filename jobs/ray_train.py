@@ -38,12 +38,13 @@ def fit(run: RunSpec, run_dir: str, resume_from: str | None, *, address: str | N
     local_mode = tr.workers == 0
     streamed = data_sources.kind(tr.data) == "shards"
     datasets, counter = {}, None
+    checked = _check_shards(run) if streamed else None  # at the boundary, before any cluster starts
     if not local_mode or streamed:
         how = cluster.ensure(address, cpus=tr.workers * tr.cpus_per_worker, gpus=tr.workers * tr.gpus_per_worker,
                              progress=progress)
         cluster.check_resources(tr.workers * tr.cpus_per_worker, tr.workers * tr.gpus_per_worker, how)
     if streamed:
-        datasets["train"], counter = _streamed_dataset(run, progress)
+        datasets["train"], counter = _streamed_dataset(run, *checked)
 
     config = {
         "run_json": run.model_dump_json(), "run_dir": run_dir, "resume_from": resume_from,
@@ -72,6 +73,7 @@ def fit(run: RunSpec, run_dir: str, resume_from: str | None, *, address: str | N
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=tr.keep_checkpoints),
             failure_config=ray.train.FailureConfig(max_failures=tr.max_failures),
             callbacks=[StopOnZooError()],
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
         ),
         datasets=datasets,
         dataset_config=_data_config(),
@@ -98,7 +100,7 @@ def bad_samples(run_dir: str) -> dict | None:
     return _bad_samples.get(run_dir)
 
 
-def _streamed_dataset(run: RunSpec, progress: bool):
+def _check_shards(run: RunSpec):
     from jobs import shards
 
     tr = run.train
@@ -107,6 +109,13 @@ def _streamed_dataset(run: RunSpec, progress: bool):
     good, bad = shards.check_shards(tr.data, index, tr.on_bad_sample)
     if not good:
         raise DataError(f"data={tr.data!r}: no readable shard")
+    return index, good, bad
+
+
+def _streamed_dataset(run: RunSpec, index, good: list[str], bad: dict[str, int]):
+    from jobs import shards
+
+    tr = run.train
     counter = None
     if tr.on_bad_sample == "skip":
         counter = shards.bad_sample_counter()

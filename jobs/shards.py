@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import posixpath
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Literal
@@ -130,16 +131,20 @@ def dataset(url: str, index: ShardIndex, shard_urls: list[str], on_bad: str, cou
         wanted.remove("image")  # latent runs skip the pixels
     ds = ray.data.read_parquet(paths, filesystem=fs, columns=["key", *[c for c in wanted if c != "key"]],
                                include_paths=True)
-    decode = partial(decode_batch, index=index, on_bad=on_bad, counter=counter)
-    ds = ds.map_batches(decode, batch_format="numpy", batch_size=64, num_cpus=0.5)
+    decode = partial(decode_batch, index=index, on_bad=on_bad, counter=counter, url=url)
+    ds = ds.map_batches(decode, batch_format="numpy", batch_size=64)
     ds.context.enable_progress_bars = progress
+    ds.context.print_on_execution_start = progress
+    ds.context.execution_options.preserve_order = True  # a deterministic stream (local mode too)
     return ds
 
 
-def decode_batch(batch: dict[str, np.ndarray], *, index: ShardIndex, on_bad: str, counter: Any = None) -> dict:
+def decode_batch(batch: dict[str, np.ndarray], *, index: ShardIndex, on_bad: str, counter: Any = None,
+                 url: str = "") -> dict:
     """PNG bytes -> (N, C, H, W) uint8; latent bytes -> (N, *latent_shape) float32. Undecodable
-    rows raise a DataError naming shard and key, or are dropped and counted."""
+    rows raise a DataError naming shard (its URL) and key, or are dropped and counted."""
     n = len(batch["key"])
+    batch["path"] = np.array([join(url, posixpath.basename(str(p))) for p in batch["path"]], dtype=object)
     keep, out, bad = [], {}, []
     if "image" in batch:
         images = []

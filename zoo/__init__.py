@@ -16,9 +16,10 @@ from zoo.loading import build, load
 from zoo.model import Model
 from zoo.run import Run, train
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
+from jobs.submit import submit  # noqa: E402  (Ray job submission; ray is imported on use)
 
 __all__ = [
     "CheckpointError", "DataError", "Model", "ModelSpec", "NonFiniteLossError", "Run", "RunSpec",
     "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "describe", "get", "list",
-    "load", "save_grid", "train",
+    "load", "save_grid", "submit", "train",
 ]

@@ -4,6 +4,7 @@
     zoo describe NAME
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
     zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --out grid.png
+    zoo data pack|encode ...      zoo submit NAME ... --address http://HOST:8265   (jobs/cli.py)
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ def train(
     output: Optional[str] = typer.Option(None, help="where runs are written (path or fsspec URL)"),
     resume: Optional[str] = typer.Option(None, help="'latest' for the newest run of this spec, or a run URL"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to train on (HOST:6379, ray://HOST:10001); default: RAY_ADDRESS or an embedded one"),
 ) -> None:
     """Train a catalog entry; prints the run folder, checkpoint and sample grid."""
     import zoo
@@ -71,7 +73,7 @@ def train(
         if output is not None:
             kw["output"] = output
         res: bool | str = False if resume is None else (True if resume == "latest" else resume)
-        run = zoo.train(name, resume=res, progress=progress, **kw)
+        run = zoo.train(name, resume=res, progress=progress, address=address, **kw)
     except zoo.ZooError as e:
         _fail(e)
     typer.echo(f"run:        {run.dir}")
@@ -102,6 +104,11 @@ def sample(
         _fail(e)
     typer.echo(zoo.save_grid(images, out))
 
+
+from jobs.cli import data_app, submit  # noqa: E402  (zoo data pack|encode, zoo submit)
+
+app.add_typer(data_app, name="data")
+app.command()(submit)
 
 if __name__ == "__main__":
     app()
