@@ -14,6 +14,7 @@ import asyncio
 import shutil
 import sys
 import tempfile
+import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,12 +67,12 @@ def submit(model, *, address: str, resume: bool | str = False, follow: bool = Tr
             renv["env_vars"] = {**renv.get("env_vars", {}), **env}
         resume_arg = "" if not resume else (" --resume latest" if resume is True else f" --resume {resume}")
         client = JobSubmissionClient(address)
-        job_id = client.submit_job(
+        job_id = _retry_until_agent(lambda: client.submit_job(
             entrypoint=f"python -m jobs.entry run_spec.json{resume_arg}",
             runtime_env=renv,
             entrypoint_num_cpus=entrypoint_num_cpus,
             metadata={"zoo_model": run.name, "zoo_spec_hash": run.hash()},
-        )
+        ))
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # uploaded by submit_job
     job = SubmittedJob(job_id, address)
@@ -83,6 +84,18 @@ def submit(model, *, address: str, resume: bool | str = False, follow: bool = Tr
             raise JobFailedError(f"job {job_id} on {address} ended {job.status} (logs: `ray job logs {job_id} "
                                  f"--address {address}`)")
     return job
+
+
+def _retry_until_agent(submit, timeout_s: float = 90.0) -> str:
+    """A cluster that just started has no job agent for a few seconds: retry that, only that."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return submit()
+        except RuntimeError as e:
+            if "No available agent" not in str(e) or time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 def wait(client, job_id: str, out) -> str:
