@@ -67,6 +67,9 @@ class InMemoryData:
     def metrics(self) -> dict:
         return {}
 
+    def close(self) -> None:
+        pass
+
 
 def read_tensor_file(url: str) -> dict[str, Tensor]:
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import tempfile
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -72,8 +73,6 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
 
     data = open_data(tr, ctx.rank, ctx.world_size, shard=ctx.dataset_shard(), state=data_state, start=start,
                      counter=ctx.bad_samples)
-    local, micro = tr.local_batch_size, tr.micro_batch_size or tr.local_batch_size
-    first_row = ctx.rank * local
     amp_dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[tr.precision]
     scaler = torch.amp.GradScaler(device.type, enabled=tr.precision == "fp16")
     for cb in ctx.callbacks:
@@ -81,6 +80,36 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
 
     bar = ctx.progress(total=tr.steps, initial=start, desc=f"train {run.name}",
                        disable=not progress or ctx.rank != 0, mininterval=2.0)
+    parts = Parts(model, trained, wrapped, objective, optimizer, ema, data, scaler, amp_dtype)
+    try:
+        last = _steps(run, ctx, parts, start, bar)
+    finally:
+        data.close()
+        bar.close()
+    return last
+
+
+@dataclass
+class Parts:
+    """What the steps work on."""
+
+    model: Model
+    trained: Denoiser  # through the DDP/FSDP-wrapped backbone
+    wrapped: torch.nn.Module
+    objective: Any
+    optimizer: torch.optim.Optimizer
+    ema: Ema
+    data: Any
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+
+
+def _steps(run: RunSpec, ctx: WorkerContext, p: Parts, start: int, bar) -> dict[str, Any]:
+    tr, device = run.train, ctx.device
+    model, trained, wrapped, objective, optimizer, ema, data, scaler = (
+        p.model, p.trained, p.wrapped, p.objective, p.optimizer, p.ema, p.data, p.scaler)
+    micro = tr.micro_batch_size or tr.local_batch_size
+    first_row = ctx.rank * tr.local_batch_size
     window_t, window_n, last = time.perf_counter(), 0, {}
     model.train()
     for step in range(start, tr.steps):
@@ -91,7 +120,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
         for m in range(tr.accumulation):
             part = {k: v[m * micro : (m + 1) * micro] for k, v in raw.items()}
             rows = slice(first_row + m * micro, first_row + (m + 1) * micro)
-            loss, metrics = _micro_step(model, trained, objective, part, tr, step, rows, device, amp_dtype)
+            loss, metrics = _micro_step(model, trained, objective, part, tr, step, rows, device, p.amp_dtype)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
                     f"{run.name}: loss is {loss.item()} at step {step}; stopping. The last good checkpoint "
@@ -102,7 +131,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
             total += loss.item() / tr.accumulation
         if tr.optimizer.grad_clip is not None:
             scaler.unscale_(optimizer)
-            norm = torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), tr.optimizer.grad_clip)
+            norm = parallel.full(torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), tr.optimizer.grad_clip))
             if tr.precision != "fp16" and not torch.isfinite(norm):  # fp16: the scaler skips the step
                 raise NonFiniteLossError(f"{run.name}: gradient norm is {norm.item()} at step {step}; stopping "
                                          "before the weights are touched. The last good checkpoint stays the resume point.")
@@ -133,7 +162,6 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
             url = _checkpoint(run, ctx, model, ema, optimizer, done, last, data.state())
             for cb in ctx.callbacks:
                 cb.on_checkpoint(done, ctx.rank, url)
-    bar.close()
     return last
 
 

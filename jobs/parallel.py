@@ -13,14 +13,22 @@ from torch import Tensor, nn
 
 
 def shard(module: nn.Module) -> nn.Module:
-    """FSDP2: shard each block that holds weights of its own (a UNet/DiT block), then the root."""
+    """FSDP2: shard each block the backbone keeps in a ModuleList (UNet res/attention blocks, DiT
+    blocks: modules whose forward is called, so their weights are gathered just in time), then
+    the root (embeddings, in/out convolutions)."""
     from torch.distributed.fsdp import fully_shard
 
-    for child in module.modules():
-        if child is not module and isinstance(child, nn.ModuleList):
-            for block in child:
-                if any(True for _ in block.parameters()):
-                    fully_shard(block)
+    def blocks(items: nn.ModuleList):
+        for item in items:
+            if isinstance(item, nn.ModuleList):
+                yield from blocks(item)
+            elif any(True for _ in item.parameters()):
+                yield item
+
+    for child in module.children():
+        if isinstance(child, nn.ModuleList):
+            for block in blocks(child):
+                fully_shard(block)
     fully_shard(module)
     return module
 
@@ -47,6 +55,11 @@ def _fsdp_no_sync(module):
 
 def _is_dtensor(v: Any) -> bool:
     return type(v).__name__ == "DTensor"
+
+
+def full(v: Any) -> Any:
+    """A DTensor's full tensor (collective); anything else as it is."""
+    return v.full_tensor() if _is_dtensor(v) else v
 
 
 def gather(sd: dict[str, Any]) -> dict[str, Any]:

@@ -294,6 +294,12 @@ class StreamData:
             out["caption"] = [str(c) for c in raw["caption"]]
         return out
 
+    def close(self) -> None:
+        """Stop this epoch's stream (training ended mid-epoch) while Ray is still up."""
+        if self._it is not None and hasattr(self._it, "close"):
+            self._it.close()
+        self._it = None
+
     def state(self) -> dict[str, Any]:
         return {"kind": "stream", "epoch": self.epoch, "batch": self.pos, "world_size": self.world}
 

@@ -33,11 +33,16 @@ def references(ray_cluster, tmp_path_factory):
     out = tmp_path_factory.mktemp("ray-train")
     one = zoo.train("ddpm-digits", output=str(out / "one"), progress=False, **{**RUN, "workers": 1})
     two = zoo.train("ddpm-digits", output=str(out / "two"), progress=False, **{**RUN, "workers": 2})
-    return one, two
+    fsdp = zoo.train("ddpm-digits", output=str(out / "fsdp"), progress=False, **{**RUN, "workers": 2, "parallelism": "fsdp"})
+    return one, two, fsdp
 
 
-def test_two_workers_with_half_batches_train_what_one_worker_trains(references):
-    one, two = references
+@pytest.mark.parametrize("other", ["ddp", "fsdp"])
+def test_two_workers_with_half_batches_train_what_one_worker_trains(references, other):
+    """DDP (replicated weights, all-reduced gradients) and FSDP (sharded weights, checkpoints
+    gathered to full tensors) on 2 workers x B/2 rows match 1 worker x B rows."""
+    one, ddp, fsdp = references
+    two = ddp if other == "ddp" else fsdp
     assert one.checkpoint.endswith("step_00000008") and two.checkpoint.endswith("step_00000008")
     init = zoo.build("ddpm-digits", **{k: v for k, v in RUN.items() if "." in k}).denoiser.state_dict()
     for name in ("model.safetensors", "ema.safetensors"):
@@ -46,6 +51,8 @@ def test_two_workers_with_half_batches_train_what_one_worker_trains(references):
         assert moved > 1e-3, "the runs trained"
         for k in a:
             torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5, msg=f"{name}:{k}")
+    a, b = tensors(one.checkpoint, "optimizer.safetensors"), tensors(two.checkpoint, "optimizer.safetensors")
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a), "full optimizer state"
     losses = lambda r: [m["loss"] for m in r.metrics if "loss" in m]  # noqa: E731
     torch.testing.assert_close(torch.tensor(losses(one)), torch.tensor(losses(two)), rtol=1e-4, atol=1e-5)
 
@@ -63,7 +70,7 @@ class KillOnce(Callback):
 
 
 def test_killed_worker_resumes_from_the_last_checkpoint_bit_identically(references, tmp_path):
-    _, two = references
+    _, two, _ = references
     marker = tmp_path / "killed"
     run = zoo.train("ddpm-digits", output=str(tmp_path), progress=False, max_failures=1,
                     callbacks=[KillOnce(step=5, rank=1, marker=str(marker))], **{**RUN, "workers": 2})

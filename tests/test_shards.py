@@ -9,6 +9,8 @@ import io
 import json
 import pickle
 import posixpath
+import shutil
+from pathlib import Path
 
 import fsspec
 import numpy as np
@@ -152,17 +154,20 @@ def small_shards(tmp_path_factory):
 
 def test_streamed_resume_continues_the_exact_stream(small_shards, tmp_path, ray_cluster):
     _, url = small_shards
-    kw = tiny_overrides(data=url, steps=5, checkpoint_every=2, hflip=True, shuffle_buffer=8)
+    kw = tiny_overrides(data=url, steps=5, checkpoint_every=2, keep_checkpoints=3, hflip=True, shuffle_buffer=8)
     straight = zoo.train("ddpm-digits", output=str(tmp_path / "a"), progress=False, **kw)
-    first = zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, **{**kw, "steps": 4})
-    state = ckpt.Checkpoint(first.checkpoint).state()
+    assert [m["epoch"] for m in straight.metrics] == [0, 0, 0, 1, 1]
+    cut = tmp_path / "b" / Path(straight.dir).name  # the run as an interruption after step 4 left it
+    shutil.copytree(straight.dir, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_00000005")
+    state = ckpt.Checkpoint(ckpt.latest(str(cut))).state()
     assert state["step"] == 4 and state["data"] == {"kind": "stream", "epoch": 1, "batch": 1, "world_size": 1}
-    resumed = zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, resume=first.dir, **kw)
-    for name in ("model.safetensors", "ema.safetensors"):
+    resumed = zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, resume=str(cut), **kw)
+    assert [m["step"] for m in resumed.metrics if m.get("event") == "resumed"] == [4]
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
         a = ckpt.Checkpoint(straight.checkpoint).tensors(name)
         b = ckpt.Checkpoint(resumed.checkpoint).tensors(name)
         assert all(torch.equal(a[k], b[k]) for k in a), name
-    assert [m["epoch"] for m in straight.metrics] == [0, 0, 0, 1, 1]
 
 
 def _rewrite_shard(url: str, shard: str, fn) -> None:
