@@ -19,6 +19,7 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
     global _embedded
     import ray
 
+    _not_a_dashboard(address, "address")
     if ray.is_initialized():
         if not _embedded:
             return "existing"
@@ -28,10 +29,7 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
         ray.shutdown()  # our own embedded cluster is too small for this run: start a larger one
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        if address.startswith(("http://", "https://")):
-            raise SpecError(
-                f"address={address!r} is a job submission (dashboard) address: use zoo.submit / `zoo submit` "
-                "for it, or give zoo.train the cluster's own address (HOST:6379, ray://HOST:10001 or 'auto')")
+        _not_a_dashboard(address, "RAY_ADDRESS")
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # the driver of a submitted job: its runtime env holds
             ray.init(address=address, log_to_driver=progress)  # the code already
         else:
@@ -41,6 +39,13 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
     ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=progress)
     _embedded = True
     return "embedded"
+
+
+def _not_a_dashboard(address: str | None, name: str) -> None:
+    if address and address.startswith(("http://", "https://")):
+        raise SpecError(
+            f"{name}={address!r} is a job submission (dashboard) address: use zoo.submit / `zoo submit` "
+            "for it, or give zoo.train the cluster's own address (HOST:6379, ray://HOST:10001 or 'auto')")
 
 
 def check_resources(cpus: float, gpus: float, how: str) -> None:
