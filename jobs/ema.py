@@ -40,5 +40,5 @@ class Ema:
         missing = set(self.shadow) ^ set(sd)
         if missing:
             raise KeyError(f"EMA state keys differ from the model's: {sorted(missing)[:5]}")
-        for k, v in sd.items():
-            self.shadow[k].copy_(place_like(v, self.shadow[k]))  # sharded like the weights under FSDP
+        for k, s in self.shadow.items():  # in the module's order: placing is a collective under FSDP
+            s.copy_(place_like(sd[k], s))  # sharded like the weights under FSDP

@@ -63,13 +63,14 @@ def full(v: Any) -> Any:
 
 
 def gather(sd: dict[str, Any]) -> dict[str, Any]:
-    """Full tensors of a (possibly sharded) state dict. Collective under FSDP: every rank calls it."""
-    return {k: v.full_tensor() if _is_dtensor(v) else v for k, v in sd.items()}
+    """Full tensors of a (possibly sharded) state dict. Collective under FSDP: every rank calls it,
+    and in the same order (sorted keys: a dict's order may differ between processes)."""
+    return {k: full(sd[k]) for k in sorted(sd)}
 
 
 def gather_optimizer(sd: dict[str, Any]) -> dict[str, Any]:
     """An optimizer state dict with full tensors (collective under FSDP)."""
-    return {"state": {pid: gather(st) for pid, st in sd["state"].items()}, "param_groups": sd["param_groups"]}
+    return {"state": {pid: gather(sd["state"][pid]) for pid in sorted(sd["state"])}, "param_groups": sd["param_groups"]}
 
 
 def place_like(full: Tensor, like: Tensor) -> Tensor:
@@ -82,11 +83,16 @@ def place_like(full: Tensor, like: Tensor) -> Tensor:
 
 
 def place_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
-    """After ``load_state_dict`` of a full optimizer state: shard each tensor like its parameter."""
-    for p, st in optimizer.state.items():
-        for k, v in st.items():
-            if isinstance(v, Tensor) and _is_dtensor(p) and not _is_dtensor(v) and v.shape == p.shape:
-                st[k] = place_like(v, p)
+    """After ``load_state_dict`` of a full optimizer state: shard each tensor like its parameter.
+    In parameter order on every rank (placing is a collective; a loaded state dict's order is not
+    to be trusted: safetensors does not keep it)."""
+    for group in optimizer.param_groups:
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            for k in sorted(st):
+                v = st[k]
+                if isinstance(v, Tensor) and _is_dtensor(p) and not _is_dtensor(v) and v.shape == p.shape:
+                    st[k] = place_like(v, p)
 
 
 def mean_across_ranks(value: float) -> float:

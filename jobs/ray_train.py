@@ -55,6 +55,8 @@ def fit(run: RunSpec, run_dir: str, resume_from: str | None, *, address: str | N
     from jobs.ray_context import worker_entry
     from jobs.storage import is_local, pyarrow_fs
 
+    if resume_from and not local_mode:
+        _drop_stale_ray_record(run_dir)
     fs, path = pyarrow_fs(run_dir)
     use_gpu = tr.gpus_per_worker > 0
     resources = {"CPU": tr.cpus_per_worker, **({"GPU": tr.gpus_per_worker} if use_gpu else {})}
@@ -142,6 +144,41 @@ def check_matches(run: RunSpec, index, url: str) -> None:
         raise DataError(f"data={url!r}: the shards have neither an image nor a latent column")
     if getattr(model.conditioner, "num_classes", None) and "label" not in index.columns:
         raise DataError(f"data={url!r}: {run.name} is class-conditional but the shards have no labels")
+
+
+RAY_RECORD = "checkpoint_manager_snapshot.json"
+
+
+def _drop_stale_ray_record(run_dir: str) -> None:
+    """Ray Train restores a run from its record of reported checkpoints and refuses to start
+    when one of them is gone. The checkpoints on storage are the truth (each verifies itself):
+    when the record names one that is missing or incomplete, drop the record, and the run
+    resumes from the newest complete checkpoint there is."""
+    import json
+    import warnings
+
+    import fsspec
+
+    from jobs.storage import join
+    from zoo import checkpoint as ckpt
+
+    url = join(run_dir, "checkpoints", RAY_RECORD)
+    fs, path = fsspec.core.url_to_fs(url)
+    if not fs.exists(path):
+        return
+    try:
+        with fs.open(path, "r") as f:
+            record = json.load(f)
+        names = {r["checkpoint_dir_name"] for r in record.get("checkpoint_results", [])}
+        if record.get("latest_checkpoint_result"):
+            names.add(record["latest_checkpoint_result"]["checkpoint_dir_name"])
+    except (ValueError, KeyError, TypeError):
+        return  # not a record this code understands: leave it to Ray Train
+    gone = sorted(n for n in names if not ckpt.is_complete(join(run_dir, "checkpoints", n)))
+    if gone:
+        warnings.warn(f"{run_dir}: Ray Train's record names checkpoints that are missing or incomplete "
+                      f"({', '.join(gone)}); resuming from the newest complete checkpoint on storage", stacklevel=3)
+        fs.rm(path)
 
 
 def _data_config():

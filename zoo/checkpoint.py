@@ -202,7 +202,7 @@ class Checkpoint:
     def tensors(self, name: str) -> dict[str, Tensor]:
         blob = self.read(name)
         try:
-            return st_load(blob)
+            return dict(sorted(st_load(blob).items()))  # one order in every process
         except SafetensorError as e:
             raise CheckpointError(f"{posixpath.join(self.root, name)}: not a valid safetensors file ({e})") from None
 
@@ -273,4 +273,5 @@ def _optimizer_from_blob(blob: bytes, where: str) -> dict[str, Any]:
         state.setdefault(int(pid), {})[name] = v
     for pid, extra in scalars.items():
         state.setdefault(int(pid), {}).update(extra)
-    return {"state": state, "param_groups": groups}
+    # one order in every process (safetensors does not keep one): collectives iterate it under FSDP
+    return {"state": {pid: dict(sorted(state[pid].items())) for pid in sorted(state)}, "param_groups": groups}
