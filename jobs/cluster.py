@@ -19,7 +19,7 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
     global _embedded
     import ray
 
-    _not_a_dashboard(address, "address")
+    check_address(address)
     if ray.is_initialized():
         if not _embedded:
             return "existing"
@@ -29,7 +29,7 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
         ray.shutdown()  # our own embedded cluster is too small for this run: start a larger one
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        _not_a_dashboard(address, "RAY_ADDRESS")
+        check_address(address, "RAY_ADDRESS")
         if "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ:  # the driver of a submitted job: its runtime env holds
             ray.init(address=address, log_to_driver=progress)  # the code already
         else:
@@ -41,7 +41,7 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
     return "embedded"
 
 
-def _not_a_dashboard(address: str | None, name: str) -> None:
+def check_address(address: str | None, name: str = "address") -> None:
     if address and address.startswith(("http://", "https://")):
         raise SpecError(
             f"{name}={address!r} is a job submission (dashboard) address: use zoo.submit / `zoo submit` "

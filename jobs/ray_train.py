@@ -38,6 +38,7 @@ def fit(run: RunSpec, run_dir: str, resume_from: str | None, *, address: str | N
     local_mode = tr.workers == 0
     streamed = data_sources.kind(tr.data) == "shards"
     datasets, counter = {}, None
+    cluster.check_address(address)
     checked = _check_shards(run) if streamed else None  # at the boundary, before any cluster starts
     if not local_mode or streamed:
         how = cluster.ensure(address, cpus=tr.workers * tr.cpus_per_worker, gpus=tr.workers * tr.gpus_per_worker,

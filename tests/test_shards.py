@@ -120,6 +120,7 @@ def test_pack_cifar10_binary_and_python_versions(tmp_path):
         pack(str(evil), str(tmp_path / "never"), progress=False)
 
 
+@pytest.mark.slow  # a Ray cluster streams the shards
 def test_encode_writes_latents_the_loop_trains_on(tmp_path, ray_cluster):
     src, dest = str(tmp_path / "img"), str(tmp_path / "lat")
     pack("builtin:digits", src, shard_size=700, progress=False)
@@ -152,6 +153,7 @@ def small_shards(tmp_path_factory):
     return pack(str(src), str(root / "shards"), shard_size=15, progress=False), str(root / "shards")
 
 
+@pytest.mark.slow  # a Ray cluster streams the shards
 def test_streamed_resume_continues_the_exact_stream(small_shards, tmp_path, ray_cluster):
     _, url = small_shards
     kw = tiny_overrides(data=url, steps=5, checkpoint_every=2, keep_checkpoints=3, hflip=True, shuffle_buffer=8)
@@ -189,6 +191,7 @@ def _garble_sample(blob: bytes, row: int = 0) -> bytes:
     return buf.getvalue()
 
 
+@pytest.mark.slow  # a Ray cluster streams the shards
 def test_bad_samples_and_truncated_shards_are_named(small_shards, tmp_path, ray_cluster):
     index, url = small_shards
     fs = fsspec.filesystem("file")
@@ -203,6 +206,7 @@ def test_bad_samples_and_truncated_shards_are_named(small_shards, tmp_path, ray_
         zoo.train("ddpm-digits", output=str(tmp_path / "runs"), progress=False, **tiny_overrides(data=bad, steps=4))
 
 
+@pytest.mark.slow  # a Ray cluster streams the shards
 def test_train_streams_shards_from_s3_skips_bad_samples_and_checkpoints_to_s3(s3_server, ray_cluster, tmp_path):
     """Two Ray Train workers read Parquet shards from the S3 API server on 127.0.0.1 through
     Ray Data and s3fs; one shard is truncated and one sample garbled (skipped and counted);
