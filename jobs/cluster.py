@@ -48,15 +48,18 @@ def check_address(address: str | None, name: str = "address") -> None:
             "for it, or give zoo.train the cluster's own address (HOST:6379, ray://HOST:10001 or 'auto')")
 
 
-def check_resources(cpus: float, gpus: float, how: str) -> None:
-    """Refuse a run the cluster can never place (Ray would wait for the resources forever)."""
+def check_resources(cpus: float, gpus: float, how: str, data_cpus: float = 0.0) -> None:
+    """Refuse a run the cluster can never place, or whose Ray Data readers would find no CPU
+    beside the train workers: Ray would wait for the resources forever."""
     import ray
 
     have = ray.cluster_resources()
-    if have.get("CPU", 0) >= cpus and have.get("GPU", 0) >= gpus:
+    if have.get("CPU", 0) >= cpus + data_cpus and have.get("GPU", 0) >= gpus:
         return
-    msg = (f"the run asks for {cpus:g} CPUs and {gpus:g} GPUs (workers x cpus_per_worker / gpus_per_worker) but "
-           f"the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs")
+    data = f" + {data_cpus:g} for Ray Data to read and decode the shards" if data_cpus else ""
+    msg = (f"the run asks for {cpus:g} CPUs{data} and {gpus:g} GPUs (workers x cpus_per_worker / gpus_per_worker) "
+           f"but the Ray cluster has {have.get('CPU', 0):g} CPUs and {have.get('GPU', 0):g} GPUs; lower workers or "
+           "cpus_per_worker (fractions are fine)")
     if how == "address":  # an autoscaling cluster may grow to fit
         import warnings
 

@@ -41,9 +41,9 @@ def fit(run: RunSpec, run_dir: str, resume_from: str | None, *, address: str | N
     cluster.check_address(address)
     checked = _check_shards(run) if streamed else None  # at the boundary, before any cluster starts
     if not local_mode or streamed:
-        how = cluster.ensure(address, cpus=tr.workers * tr.cpus_per_worker, gpus=tr.workers * tr.gpus_per_worker,
-                             progress=progress)
-        cluster.check_resources(tr.workers * tr.cpus_per_worker, tr.workers * tr.gpus_per_worker, how)
+        cpus, gpus = tr.workers * tr.cpus_per_worker, tr.workers * tr.gpus_per_worker
+        how = cluster.ensure(address, cpus=cpus, gpus=gpus, progress=progress)
+        cluster.check_resources(cpus, gpus, how, data_cpus=1.0 if streamed else 0.0)
     if streamed:
         datasets["train"], counter = _streamed_dataset(run, *checked)
 

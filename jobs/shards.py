@@ -129,8 +129,8 @@ def dataset(url: str, index: ShardIndex, shard_urls: list[str], on_bad: str, cou
     wanted = [c for c in (columns or index.columns) if c in index.columns]
     if "latent" in wanted and "image" in wanted:
         wanted.remove("image")  # latent runs skip the pixels
-    ds = ray.data.read_parquet(paths, filesystem=fs, columns=["key", *[c for c in wanted if c != "key"]],
-                               include_paths=True)
+    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True)
+    ds = ds.select_columns(["key", *[c for c in wanted if c != "key"], "path"])  # pushed down to the reader
     decode = partial(decode_batch, index=index, on_bad=on_bad, counter=counter, url=url)
     ds = ds.map_batches(decode, batch_format="numpy", batch_size=64)
     ds.context.enable_progress_bars = progress

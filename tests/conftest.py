@@ -25,6 +25,7 @@ def tiny_overrides(**extra) -> dict:
     set workers."""
     base = {
         "workers": 0,
+        "cpus_per_worker": 1.0,
         "backbone.channels": 8,
         "backbone.channel_mult": [1, 2],
         "backbone.attention_resolutions": [8],

@@ -16,6 +16,7 @@ import torch
 
 import zoo
 from jobs.callbacks import Callback
+from jobs.pack import pack
 from tests.conftest import tiny_overrides
 from zoo import checkpoint as ckpt
 
@@ -129,6 +130,11 @@ def test_fsdp_run_resumes_bit_identically_past_a_missing_registered_checkpoint(r
 
 def test_runs_the_cluster_cannot_place_are_refused(ray_cluster, tmp_path):
     with pytest.raises(zoo.SpecError, match=r"asks for 64 CPUs .* the Ray cluster has 4 CPUs"):
-        zoo.train("ddpm-digits", output=str(tmp_path), progress=False, **{**RUN, "workers": 64, "batch_size": 64, "cpus_per_worker": 1.0})
+        zoo.train("ddpm-digits", output=str(tmp_path), progress=False, **{**RUN, "workers": 64, "batch_size": 64})
+    shards = tmp_path / "shards"
+    pack("builtin:digits", str(shards), progress=False)
+    with pytest.raises(zoo.SpecError, match=r"asks for 4 CPUs \+ 1 for Ray Data .* has 4 CPUs"):
+        zoo.train("ddpm-digits", output=str(tmp_path), progress=False,
+                  **{**RUN, "workers": 2, "cpus_per_worker": 2.0, "data": str(shards)})
     with pytest.raises(zoo.SpecError, match="job submission .* address: use zoo.submit"):
         zoo.train("ddpm-digits", output=str(tmp_path), progress=False, address="http://127.0.0.1:8265", **RUN)
