@@ -1,6 +1,6 @@
 """Where a worker runs: its rank, device, how it reports metrics and checkpoints, and where it
 finds the checkpoint to resume from. The loop is written against this, so the same loop runs
-in-process (LocalContext) and inside a Ray Train TorchTrainer (jobs.ray_context)."""
+in-process (LocalContext) and inside a Ray Train TorchTrainer (jobs.ray_context.RayContext)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typing import Any
 import fsspec
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from zoo import checkpoint as ckpt
 
@@ -21,10 +22,13 @@ class WorkerContext(ABC):
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    callbacks: tuple = ()
+    bad_samples: Any = None  # the skipped-sample counter of a streamed run (on_bad_sample="skip")
 
     @abstractmethod
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-        """Log metrics; with a checkpoint folder (written by rank 0), persist it."""
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> str | None:
+        """Log metrics; with a checkpoint folder (written by rank 0), persist it and return its
+        URL. Every rank calls this the same number of times (under Ray Train it is a barrier)."""
 
     @abstractmethod
     def latest_checkpoint(self) -> str | None:
@@ -33,6 +37,41 @@ class WorkerContext(ABC):
     def wrap(self, module: nn.Module) -> nn.Module:
         """Wrap the trainable module for data parallelism (identity for one process)."""
         return module
+
+    def dataset_shard(self):
+        """This worker's Ray Data iterator of streamed shards, or None (in-memory sources)."""
+        return None
+
+    def progress(self, **kw) -> Any:
+        """A progress bar (tqdm's arguments)."""
+        return tqdm(**kw)
+
+    def event(self, row: dict[str, Any]) -> None:
+        """Record a row in metrics.jsonl without a barrier (rank 0 only; e.g. a resume)."""
+
+
+class MetricsLog:
+    """metrics.jsonl of a run on any fsspec URL: rows kept in memory, rewritten on flush (object
+    stores cannot append). A resumed run repeats the steps after its checkpoint: the repeated
+    rows replace the old ones."""
+
+    def __init__(self, run_dir: str):
+        self.fs, root = fsspec.core.url_to_fs(run_dir)
+        self.path = posixpath.join(root, "metrics.jsonl")
+        self.rows: list[dict[str, Any]] = []
+        if self.fs.exists(self.path):
+            with self.fs.open(self.path, "r") as f:
+                self.rows = [json.loads(line) for line in f if line.strip()]
+
+    def add(self, row: dict[str, Any]) -> None:
+        if "event" not in row:
+            self.rows = [m for m in self.rows if "event" in m or m.get("step", -1) < row.get("step", 0)]
+        self.rows.append(row)
+
+    def flush(self) -> None:
+        self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
+        with self.fs.open(self.path, "w") as f:
+            f.writelines(json.dumps(m) + "\n" for m in self.rows)
 
 
 class LocalContext(WorkerContext):
@@ -43,30 +82,30 @@ class LocalContext(WorkerContext):
         self.keep = keep
         self.resume_from = resume_from
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.fs, self.path = fsspec.core.url_to_fs(self.run_dir)
-        self.fs.makedirs(self.path, exist_ok=True)
-        self.metrics = self._read_metrics()
+        fs, path = fsspec.core.url_to_fs(self.run_dir)
+        fs.makedirs(path, exist_ok=True)
+        self.log = MetricsLog(self.run_dir)
 
-    def _read_metrics(self) -> list[dict[str, Any]]:
-        path = posixpath.join(self.path, "metrics.jsonl")
-        if not self.fs.exists(path):
-            return []
-        with self.fs.open(path, "r") as f:
-            return [json.loads(line) for line in f if line.strip()]
+    @property
+    def metrics(self) -> list[dict[str, Any]]:
+        return self.log.rows
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> None:
-        # a resumed run repeats the steps after its checkpoint: keep the newer rows
-        self.metrics = [m for m in self.metrics if m.get("step", -1) < metrics.get("step", 0)]
-        self.metrics.append(metrics)
-        if checkpoint_dir is not None:
-            root = posixpath.join(self.run_dir, "checkpoints")
-            ckpt.upload(checkpoint_dir, posixpath.join(root, ckpt.step_dir(metrics["step"])))
-            ckpt.prune(root, self.keep)
-            self.flush()
+    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> str | None:
+        self.log.add(metrics)
+        if checkpoint_dir is None:
+            return None
+        root = posixpath.join(self.run_dir, "checkpoints")
+        url = ckpt.upload(checkpoint_dir, posixpath.join(root, ckpt.step_dir(metrics["step"])))
+        ckpt.prune(root, self.keep)
+        self.flush()
+        return url
+
+    def event(self, row: dict[str, Any]) -> None:
+        self.log.add(row)
+        self.log.flush()
 
     def flush(self) -> None:
-        with self.fs.open(posixpath.join(self.path, "metrics.jsonl"), "w") as f:
-            f.writelines(json.dumps(m) + "\n" for m in self.metrics)
+        self.log.flush()
 
     def latest_checkpoint(self) -> str | None:
         return ckpt.latest(self.resume_from) if self.resume_from else None

@@ -9,6 +9,9 @@ Sources (``TrainSpec.data``):
   [-1, 1], ``label`` (N,), ``noise`` (reflow pairs), ``latent`` (precomputed x0 of latent
   models): small datasets held in memory.
 
+- a URL of a folder of Parquet shards with an ``index.json`` (``zoo data pack``), streamed
+  through Ray Data (jobs/shards.py).
+
 Every column reaches the loop; ``image`` goes through the autoencoder unless ``latent`` is given,
 ``label`` to the conditioner, the rest to the objective as they are.
 """
@@ -57,6 +60,16 @@ class InMemoryData:
             out["image"] = torch.where(flip[:, None, None, None], out["image"].flip(-1), out["image"])
         return out
 
+    def state(self) -> dict:
+        """The data position is the step itself; recorded for the reader of a checkpoint."""
+        return {"kind": "memory"}
+
+    def metrics(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
 
 def read_tensor_file(url: str) -> dict[str, Tensor]:
     try:
@@ -70,14 +83,32 @@ def read_tensor_file(url: str) -> dict[str, Tensor]:
         raise DataError(f"data={url!r}: not a valid safetensors file ({e})") from None
 
 
-def open_data(spec: TrainSpec, rank: int = 0, world: int = 1) -> InMemoryData:
-    if spec.data is None:
+def kind(url: str | None) -> str:
+    """'memory' (builtin or a .safetensors file) or 'shards' (a folder with index.json)."""
+    if url is None:
         raise DataError("no training data: pass data= (a URL of shards, or builtin:digits)")
+    if url in BUILTIN or url.endswith(".safetensors"):
+        return "memory"
+    from jobs.shards import is_shards
+
+    if is_shards(url):
+        return "shards"
+    raise DataError(f"data={url!r}: unknown source; built in: {', '.join(BUILTIN)}; a .safetensors file of "
+                    "columns; or a folder of shards with index.json (`zoo data pack`)")
+
+
+def open_data(spec: TrainSpec, rank: int = 0, world: int = 1, *, shard=None, state: dict | None = None,
+              start: int = 0, counter=None):
+    """This worker's data: in memory, or its Ray Data shard of a streamed shard set."""
+    if kind(spec.data) == "shards":
+        from jobs.shards import StreamData
+
+        if shard is None:
+            raise DataError(f"data={spec.data!r} is streamed through Ray Data: train it with zoo.train")
+        return StreamData(shard, spec, rank, world, state, start, counter)
     if spec.data == "builtin:digits":
         from zoo.data import digits
 
         images, labels = digits.load("train")
         return InMemoryData({"image": images, "label": labels}, spec, rank, world)
-    if spec.data.endswith(".safetensors"):
-        return InMemoryData(read_tensor_file(spec.data), spec, rank, world)
-    raise DataError(f"data={spec.data!r}: unknown source; built in: {', '.join(BUILTIN)}; or a .safetensors file of columns")
+    return InMemoryData(read_tensor_file(spec.data), spec, rank, world)

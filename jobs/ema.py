@@ -2,13 +2,17 @@
 
 decay_t = min(decay, (1 + t) / (10 + t)) with warmup (the schedule of Song et al.'s and
 diffusers' EMA), so early averages are not dominated by the random init. The decay depends only
-on the step, so a resumed run continues the exact same average.
+on the step, so a resumed run continues the exact same average. Every rank updates its own
+copy from the same (all-reduced) weights, so the average is identical on every rank; under FSDP
+each rank averages its own shard.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from jobs.parallel import place_like
 
 
 class Ema:
@@ -36,5 +40,5 @@ class Ema:
         missing = set(self.shadow) ^ set(sd)
         if missing:
             raise KeyError(f"EMA state keys differ from the model's: {sorted(missing)[:5]}")
-        for k, v in sd.items():
-            self.shadow[k].copy_(v)
+        for k, s in self.shadow.items():  # in the module's order: placing is a collective under FSDP
+            s.copy_(place_like(sd[k], s))  # sharded like the weights under FSDP

@@ -12,15 +12,20 @@ torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
-def trained_digits(tmp_path_factory) -> zoo.Run:
-    """ddpm-digits exactly as the catalog has it (the `make demo` run)."""
+def trained_digits(tmp_path_factory, ray_cluster) -> zoo.Run:
+    """ddpm-digits exactly as the catalog has it (the `make demo` run), on one Ray Train worker
+    of the session's cluster."""
     out = tmp_path_factory.mktemp("runs")
     return zoo.train("ddpm-digits", output=str(out), progress=False)
 
 
 def tiny_overrides(**extra) -> dict:
-    """A ddpm-digits small enough to train a few steps in a second, for plumbing tests."""
+    """A ddpm-digits small enough to train a few steps in a second, for plumbing tests. It runs
+    in the test process (workers=0: Ray Train's local mode); tests of the distributed path
+    set workers."""
     base = {
+        "workers": 0,
+        "cpus_per_worker": 1.0,
         "backbone.channels": 8,
         "backbone.channel_mult": [1, 2],
         "backbone.attention_resolutions": [8],

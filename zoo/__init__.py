@@ -20,9 +20,10 @@ from zoo.model import Model
 from zoo.run import Run, train
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
 from serve.api import client, serve  # noqa: E402  (Ray is imported only when serving)
+from jobs.submit import submit  # noqa: E402  (Ray job submission; ray is imported on use)
 
 __all__ = [
     "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run",
     "RunSpec", "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "client", "describe",
-    "evaluate", "get", "list", "load", "save_grid", "serve", "train",
+    "evaluate", "get", "list", "load", "save_grid", "serve", "submit", "train",
 ]

@@ -6,10 +6,12 @@ A checkpoint is a folder:
     model.safetensors    the denoiser's weights
     ema.safetensors      their exponential moving average (what sampling uses by default)
     optimizer.safetensors  optimizer tensors; param groups and scalars in its metadata
-    state.json           {"step": N}; the data position and every random draw derive from it
-    manifest.json        sha256 and size of each file above, written last
+    state.json           {"step": N, "data": {...}}: the step (every random draw derives from it)
+                         and the data position (epoch and batch within it, for streamed shards)
+    manifest.json        sha256 and size of each file above, published last
 
-A folder without manifest.json is incomplete and never loaded or resumed from; a file whose
+A checkpoint is complete when its manifest is there and every file it lists has the listed size;
+anything else (a write interrupted at any point) is never loaded or resumed from. A file whose
 hash does not match its manifest entry is reported by name. No pickle is ever loaded.
 """
 
@@ -47,8 +49,10 @@ def write(
     ema: dict[str, Tensor],
     optimizer: dict[str, Any],
     step: int,
+    state: dict[str, Any] | None = None,
 ) -> Path:
-    """Write a complete checkpoint into a local folder (manifest last)."""
+    """Write a complete checkpoint into a local folder (manifest last); ``state`` adds to
+    state.json (e.g. the data position)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     blobs = {
@@ -56,7 +60,7 @@ def write(
         "model.safetensors": st_save(_contiguous(model)),
         "ema.safetensors": st_save(_contiguous(ema)),
         "optimizer.safetensors": _optimizer_blob(optimizer),
-        "state.json": json.dumps({"step": step}).encode(),
+        "state.json": json.dumps({**(state or {}), "step": step}).encode(),
     }
     for name, blob in blobs.items():
         (folder / name).write_bytes(blob)
@@ -66,21 +70,51 @@ def write(
 
 
 def upload(local: str | Path, dest: str) -> str:
-    """Copy a local checkpoint folder to any fsspec URL, manifest last, so that an interrupted
-    copy is never taken for a checkpoint."""
+    """Copy a local checkpoint folder to any fsspec URL, manifest last and published by a rename
+    (an atomic object on S3), so that a copy interrupted at any point is never taken for a
+    checkpoint."""
     fs, root = fsspec.core.url_to_fs(dest)
     fs.makedirs(root, exist_ok=True)
     for name in FILES:
         fs.put_file(str(Path(local) / name), posixpath.join(root, name))
-    fs.put_file(str(Path(local) / MANIFEST), posixpath.join(root, MANIFEST))
+    staged = posixpath.join(root, MANIFEST + ".partial")
+    fs.put_file(str(Path(local) / MANIFEST), staged)
+    fs.mv(staged, posixpath.join(root, MANIFEST))
     return dest
+
+
+def problems(url: str) -> list[str]:
+    """What keeps the folder at ``url`` from being a complete checkpoint: a missing or unreadable
+    manifest, or files it lists that are missing or have another size. Empty when complete."""
+    fs, root = _fs(url), _strip(url)
+    fs.invalidate_cache(root)  # another process (a Ray worker) may have written it since
+    try:
+        with fs.open(posixpath.join(root, MANIFEST), "rb") as f:
+            files = json.loads(f.read())["files"]
+        sizes = {posixpath.basename(e["name"].rstrip("/")): e.get("size") for e in fs.ls(root, detail=True)}
+    except FileNotFoundError:
+        return [f"{MANIFEST} is missing"]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
+        return [f"{MANIFEST} is unreadable ({e})"]
+    out = []
+    for name, entry in files.items():
+        if name not in sizes:
+            out.append(f"{name} is missing")
+        elif sizes[name] != entry["bytes"]:
+            out.append(f"{name} has {sizes[name]} bytes, the manifest says {entry['bytes']}")
+    return out
+
+
+def is_complete(url: str) -> bool:
+    """The manifest is there and parses, and every file it lists has the listed size."""
+    return not problems(url)
 
 
 def prune(root: str, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` complete checkpoints under ``root``; incomplete ones
     older than the newest complete one go too."""
     found = _candidates(root)
-    complete = [(s, p) for s, p in found if _fs(root).exists(posixpath.join(p, MANIFEST))]
+    complete = [(s, p) for s, p in found if is_complete(_unstrip(root, p))]
     if not complete:
         return []
     keep_paths = {p for _, p in sorted(complete)[-keep:]}
@@ -99,11 +133,11 @@ def latest(url: str) -> str | None:
     fs = _fs(url)
     root = _strip(url)
     if fs.exists(posixpath.join(root, MANIFEST)):
-        return url
+        return url if is_complete(url) else None
     for base in (posixpath.join(root, "checkpoints"), root):
-        complete = [(s, p) for s, p in _candidates(base) if fs.exists(posixpath.join(p, MANIFEST))]
-        if complete:
-            return _unstrip(url, max(complete)[1])
+        for _, p in sorted(_candidates(_unstrip(url, base)), reverse=True):
+            if is_complete(_unstrip(url, p)):
+                return _unstrip(url, p)
     return None
 
 
@@ -113,6 +147,8 @@ def resolve(url: str) -> str:
     if not fs.exists(_strip(url)):
         raise CheckpointError(f"no checkpoint at {url!r}: the path does not exist")
     found = latest(url)
+    if found is None and fs.exists(posixpath.join(_strip(url), MANIFEST)):
+        raise CheckpointError(f"{url}: incomplete checkpoint: {'; '.join(problems(url))}")
     if found is None:
         raise CheckpointError(
             f"no complete checkpoint at {url!r} (a checkpoint is a folder with {MANIFEST}; "
@@ -159,10 +195,14 @@ class Checkpoint:
     def spec_json(self) -> str:
         return self.read("spec.json").decode()
 
+    def state(self) -> dict[str, Any]:
+        """state.json: the step and the data position."""
+        return json.loads(self.read("state.json"))
+
     def tensors(self, name: str) -> dict[str, Tensor]:
         blob = self.read(name)
         try:
-            return st_load(blob)
+            return dict(sorted(st_load(blob).items()))  # one order in every process
         except SafetensorError as e:
             raise CheckpointError(f"{posixpath.join(self.root, name)}: not a valid safetensors file ({e})") from None
 
@@ -187,6 +227,7 @@ def _unstrip(url: str, path: str) -> str:
 def _candidates(root: str) -> list[tuple[int, str]]:
     fs = _fs(root)
     base = _strip(root)
+    fs.invalidate_cache(base)
     if not fs.isdir(base):
         return []
     out = []
@@ -232,4 +273,5 @@ def _optimizer_from_blob(blob: bytes, where: str) -> dict[str, Any]:
         state.setdefault(int(pid), {})[name] = v
     for pid, extra in scalars.items():
         state.setdefault(int(pid), {}).update(extra)
-    return {"state": state, "param_groups": groups}
+    # one order in every process (safetensors does not keep one): collectives iterate it under FSDP
+    return {"state": {pid: dict(sorted(state[pid].items())) for pid in sorted(state)}, "param_groups": groups}

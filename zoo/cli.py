@@ -7,6 +7,7 @@
     zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (serve/cli.py)
     zoo eval RUN --metric digits_fid --nfe 1,2,4,8 --solver ddim --solver ddpm   (zoo.evaluation.cli)
     zoo stats DATA --inception pt_inception.pth
+    zoo data pack|encode ...      zoo submit NAME ... --address http://HOST:8265   (jobs/cli.py)
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ def train(
     output: Optional[str] = typer.Option(None, help="where runs are written (path or fsspec URL)"),
     resume: Optional[str] = typer.Option(None, help="'latest' for the newest run of this spec, or a run URL"),
     progress: bool = typer.Option(True, help="show progress bars"),
+    address: Optional[str] = typer.Option(None, help="Ray cluster to train on (HOST:6379, ray://HOST:10001); default: RAY_ADDRESS or an embedded one"),
 ) -> None:
     """Train a catalog entry; prints the run folder, checkpoint and sample grid."""
     import zoo
@@ -74,7 +76,7 @@ def train(
         if output is not None:
             kw["output"] = output
         res: bool | str = False if resume is None else (True if resume == "latest" else resume)
-        run = zoo.train(name, resume=res, progress=progress, **kw)
+        run = zoo.train(name, resume=res, progress=progress, address=address, **kw)
     except zoo.ZooError as e:
         _fail(e)
     typer.echo(f"run:        {run.dir}")
@@ -107,10 +109,13 @@ def sample(
 
 
 # commands that live with their subsystem
+from jobs.cli import data_app, submit  # noqa: E402  (zoo data pack|encode, zoo submit)
 from serve.cli import serve_command  # noqa: E402
 from zoo.evaluation import cli as _eval_cli  # noqa: E402  zoo eval, zoo stats
 
 app.command("serve")(serve_command)
+app.add_typer(data_app, name="data")
+app.command()(submit)
 _eval_cli.register(app)
 
 if __name__ == "__main__":

@@ -100,16 +100,41 @@ class TrainSpec(Spec):
     log_every: int = Field(50, gt=0)
     grid_samples: int = Field(64, ge=0, description="samples in the grid written after training")
     grad_checkpointing: bool = False
-    workers: int = Field(1, ge=1)
-    cpus_per_worker: float = Field(1.0, gt=0)
+    micro_batch_size: int | None = Field(
+        None, gt=0, description="rows per forward/backward on one worker: the per-worker batch "
+        "(batch_size / workers) is accumulated from micro-batches of this size; None: one micro-batch")
+    parallelism: Literal["ddp", "fsdp"] = Field("ddp", description="replicate (DDP) or shard (FSDP) the backbone")
+    workers: int = Field(1, ge=0, description="Ray Train workers; 0 runs the loop in the calling process (Ray Train's local mode)")
+    cpus_per_worker: float = Field(1.0, gt=0, description="logical CPUs per worker; also its torch thread count")
     gpus_per_worker: float = Field(0.0, ge=0)
+    max_failures: int = Field(0, ge=-1, description="worker-group restarts from the last complete checkpoint (-1: unlimited)")
+    on_bad_sample: Literal["error", "skip"] = Field(
+        "error", description="a sample that does not decode: stop with an error naming its shard, or skip and count it")
+    shuffle_buffer: int = Field(1000, ge=0, description="rows in each worker's shuffle buffer when streaming shards")
     output: str = Field("runs", description="where runs are written: a path or any fsspec URL")
+
+    @property
+    def local_batch_size(self) -> int:
+        """Rows one worker takes of each global batch."""
+        return self.batch_size // max(1, self.workers)
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches accumulated into one optimizer step on one worker."""
+        return self.local_batch_size // (self.micro_batch_size or self.local_batch_size)
 
     @model_validator(mode="after")
     def _divisible(self) -> TrainSpec:
-        if self.batch_size % self.workers:
+        if self.batch_size % max(1, self.workers):
             raise ValueError(f"batch_size={self.batch_size} is not divisible by workers={self.workers}")
+        if self.micro_batch_size and self.local_batch_size % self.micro_batch_size:
+            raise ValueError(
+                f"micro_batch_size={self.micro_batch_size} does not divide the per-worker batch "
+                f"{self.local_batch_size} (batch_size={self.batch_size} / workers={self.workers})")
         return self
+
+
+EXECUTION_ONLY = ("output", "max_failures")
 
 
 class RunSpec(Spec):
@@ -120,6 +145,10 @@ class RunSpec(Spec):
     train: TrainSpec
 
     def hash(self) -> str:
-        """A stable content hash of what is trained (model + train), for naming artifacts."""
+        """A stable content hash of what is trained (model + train), for naming artifacts. Where
+        the run is written and how often a failed run may restart do not change what is trained,
+        so they are left out (``zoo train --resume latest max_failures=3`` finds the run)."""
         body = self.model_dump(mode="json", include={"model", "train"})
+        for key in EXECUTION_ONLY:
+            body["train"].pop(key)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]

@@ -1,0 +1,140 @@
+"""zoo.train on real Ray Train workers of the session's local cluster: the worker count does not
+change what is trained, a killed worker resumes bit-identically from the last complete
+checkpoint, and deterministic failures (NaN loss) stop at once keeping the last good checkpoint."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+import cloudpickle
+import pytest
+import torch
+
+import zoo
+from jobs.callbacks import Callback
+from jobs.pack import pack
+from tests.conftest import tiny_overrides
+from zoo import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow
+cloudpickle.register_pickle_by_value(sys.modules[__name__])  # callbacks defined here reach the workers
+
+# 8 steps, checkpoints after steps 3, 6 and 8
+RUN = tiny_overrides(steps=8, checkpoint_every=3, keep_checkpoints=3, batch_size=16)
+
+
+def tensors(url: str, name: str) -> dict[str, torch.Tensor]:
+    return ckpt.Checkpoint(ckpt.resolve(url)).tensors(name)
+
+
+@pytest.fixture(scope="module")
+def references(ray_cluster, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ray-train")
+    one = zoo.train("ddpm-digits", output=str(out / "one"), progress=False, **{**RUN, "workers": 1})
+    two = zoo.train("ddpm-digits", output=str(out / "two"), progress=False, **{**RUN, "workers": 2})
+    fsdp = zoo.train("ddpm-digits", output=str(out / "fsdp"), progress=False, **{**RUN, "workers": 2, "parallelism": "fsdp"})
+    return one, two, fsdp
+
+
+@pytest.mark.parametrize("other", ["ddp", "fsdp"])
+def test_two_workers_with_half_batches_train_what_one_worker_trains(references, other):
+    """DDP (replicated weights, all-reduced gradients) and FSDP (sharded weights, checkpoints
+    gathered to full tensors) on 2 workers x B/2 rows match 1 worker x B rows."""
+    one, ddp, fsdp = references
+    two = ddp if other == "ddp" else fsdp
+    assert one.checkpoint.endswith("step_00000008") and two.checkpoint.endswith("step_00000008")
+    init = zoo.build("ddpm-digits", **{k: v for k, v in RUN.items() if "." in k}).denoiser.state_dict()
+    for name in ("model.safetensors", "ema.safetensors"):
+        a, b = tensors(one.checkpoint, name), tensors(two.checkpoint, name)
+        moved = max((a[k] - init[k]).abs().max().item() for k in a)
+        assert moved > 1e-3, "the runs trained"
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5, msg=f"{name}:{k}")
+    a, b = tensors(one.checkpoint, "optimizer.safetensors"), tensors(two.checkpoint, "optimizer.safetensors")
+    assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a), "full optimizer state"
+    losses = lambda r: [m["loss"] for m in r.metrics if "loss" in m]  # noqa: E731
+    torch.testing.assert_close(torch.tensor(losses(one)), torch.tensor(losses(two)), rtol=1e-4, atol=1e-5)
+
+
+class KillOnce(Callback):
+    """SIGKILL this worker process after a step, once (the marker file survives the restart)."""
+
+    def __init__(self, step: int, rank: int, marker: str):
+        self.step, self.rank, self.marker = step, rank, marker
+
+    def on_step_end(self, step, rank, metrics):
+        if step == self.step and rank == self.rank and not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_killed_worker_resumes_from_the_last_checkpoint_bit_identically(references, tmp_path):
+    _, two, _ = references
+    marker = tmp_path / "killed"
+    run = zoo.train("ddpm-digits", output=str(tmp_path), progress=False, max_failures=1,
+                    callbacks=[KillOnce(step=5, rank=1, marker=str(marker))], **{**RUN, "workers": 2})
+    assert marker.exists(), "the worker was killed"
+    resumed = [m for m in run.metrics if m.get("event") == "resumed"]
+    assert [m["step"] for m in resumed] == [3], "restarted from the checkpoint of step 3"
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a, b = tensors(two.checkpoint, name), tensors(run.checkpoint, name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert [m["step"] for m in run.metrics if "loss" in m] == list(range(1, 9))
+
+
+def test_nan_loss_stops_without_retries_and_keeps_the_last_good_checkpoint(ray_cluster, tmp_path):
+    from safetensors.torch import save_file
+
+    from jobs.data import open_data
+    from zoo.data import digits
+
+    x = digits.load("train")[0][:64].clone()
+    spec = zoo.get("ddpm-digits", **{**RUN, "data": "builtin:digits"}).train
+    x[:, 0, 0, 0] = torch.arange(64) / 100  # tag each sample to find where step 2 takes its rows
+    data = tmp_path / "tagged.safetensors"
+    save_file({"image": x.contiguous()}, str(data))
+    at_step_2 = open_data(spec.model_copy(update={"data": str(data)})).batch(2)["image"][:, 0, 0, 0]
+    x[int(round(at_step_2[0].item() * 100))] = float("nan")  # one sample of step 2 is NaN
+    save_file({"image": x.contiguous()}, str(data))
+
+    with pytest.raises(zoo.NonFiniteLossError, match="at step 2"):
+        zoo.train("ddpm-digits", output=str(tmp_path / "runs"), progress=False, max_failures=2,
+                  **{**RUN, "data": str(data), "workers": 1, "checkpoint_every": 1})
+    run_dir = next((tmp_path / "runs").iterdir())
+    assert ckpt.latest(str(run_dir)).endswith("step_00000002")
+    assert all(torch.isfinite(v).all() for v in tensors(str(run_dir), "model.safetensors").values())
+    rows = (run_dir / "metrics.jsonl").read_text()
+    assert "resumed" not in rows, "a NaN loss repeats on every retry: the run must stop, not restart"
+
+
+def test_fsdp_run_resumes_bit_identically_past_a_missing_registered_checkpoint(references, tmp_path):
+    """A copy of the FSDP run as it stood after step 6, except that Ray Train's own record still
+    names step 8 (registered, then lost): the resume skips it for the newest complete checkpoint,
+    reshards weights, EMA and optimizer state, and ends where the uninterrupted run ended."""
+    _, _, fsdp = references
+    cut = tmp_path / Path(fsdp.dir).name
+    shutil.copytree(fsdp.dir, cut)
+    shutil.rmtree(cut / "checkpoints" / "step_00000008")
+    assert "step_00000008" in (cut / "checkpoints" / "checkpoint_manager_snapshot.json").read_text()
+    run = zoo.train("ddpm-digits", output=str(tmp_path), progress=False, resume=str(cut),
+                    **{**RUN, "workers": 2, "parallelism": "fsdp"})
+    assert [m["step"] for m in run.metrics if m.get("event") == "resumed"] == [6]
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a, b = tensors(fsdp.checkpoint, name), tensors(run.checkpoint, name)
+        assert all(torch.equal(a[k], b[k]) for k in a), name
+
+
+def test_runs_the_cluster_cannot_place_are_refused(ray_cluster, tmp_path):
+    with pytest.raises(zoo.SpecError, match=r"asks for 64 CPUs .* the Ray cluster has 4 CPUs"):
+        zoo.train("ddpm-digits", output=str(tmp_path), progress=False, **{**RUN, "workers": 64, "batch_size": 64})
+    shards = tmp_path / "shards"
+    pack("builtin:digits", str(shards), progress=False)
+    with pytest.raises(zoo.SpecError, match=r"asks for 4 CPUs \+ 1 for Ray Data .* has 4 CPUs"):
+        zoo.train("ddpm-digits", output=str(tmp_path), progress=False,
+                  **{**RUN, "workers": 2, "cpus_per_worker": 2.0, "data": str(shards)})
+    with pytest.raises(zoo.SpecError, match="job submission .* address: use zoo.submit"):
+        zoo.train("ddpm-digits", output=str(tmp_path), progress=False, address="http://127.0.0.1:8265", **RUN)
