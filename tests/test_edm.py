@@ -17,6 +17,8 @@ from components.noise import RectifiedSpec, VeSpec, VpLinearSpec
 from components.objectives import EdmSpec as EdmLossSpec
 from components.random import RandomSource
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SIGMAS = torch.tensor([0.002, 0.02, 0.2, 0.5, 1.0, 2.5, 10.0, 80.0], dtype=torch.float64)
 SD = 0.5
 

@@ -10,6 +10,8 @@ import torch
 from components.grids import KarrasSpec, LeadingSpec, LogSnrSpec, QuadraticSpec, TrailingSpec, UniformSpec
 from components.noise import EdmSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 PROCESSES = {
     "vp_linear": VpLinearSpec(),
     "vp_cosine_cont": VpCosineSpec(timesteps=None),

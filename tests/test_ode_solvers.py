@@ -21,6 +21,8 @@ from components.solvers import (
 )
 from zoo.testing import GaussianDenoiser
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MU = torch.tensor([1.5, -0.5, 0.0, 0.25], dtype=torch.float64)
 S = torch.tensor([0.4, 1.0, 0.2, 0.7], dtype=torch.float64)
 
@@ -160,7 +162,8 @@ def test_guidance_reaches_the_guided_gaussian_through_every_solver(solver):
     w, mu_null = 2.0, torch.tensor([1.0, 0.0, 0.5, 0.0], dtype=torch.float64)
     den = TwoGaussians(p, [MU, mu_null])
     spec, steps = {**DETERMINISTIC, **STOCHASTIC}[solver]
-    n = 4000
+    steps = min(steps, 100)  # coarser than above: the allowance below is wider
+    n = 2000
     noise = RandomSource.from_seed(4, n)
     rows = []
     fn = bind(lambda x, t, c: (rows.append(len(x)), den(x, t, c))[1],
@@ -168,8 +171,8 @@ def test_guidance_reaches_the_guided_gaussian_through_every_solver(solver):
     x = spec.build()(fn, p, p.prior((4,), noise).double(), LogSnrSpec().build()(p, steps), noise)
     target = (1 + w) * MU - w * mu_null
     assert set(rows) == {2 * n}
-    assert ((x.mean(0) - target).abs() / S).max() < 5 / math.sqrt(n) + 0.02, (x.mean(0), target)
-    assert ((x.std(0) - S).abs() / S).max() < 5 / math.sqrt(2 * n) + 0.03, (x.std(0), S)
+    assert ((x.mean(0) - target).abs() / S).max() < 5 / math.sqrt(n) + 0.03, (x.mean(0), target)
+    assert ((x.std(0) - S).abs() / S).max() < 5 / math.sqrt(2 * n) + 0.05, (x.std(0), S)
 
 
 def test_nfe_per_solver():

@@ -24,6 +24,8 @@ from components.solvers import DdimSpec, Dpmpp2mSpec, EulerSpec, HeunSpec
 
 diffusers = pytest.importorskip("diffusers")
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 SHAPE = (6, 2, 4, 4)
 BETAS = dict(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02, beta_schedule="linear")
 GRIDS = {"trailing": TrailingSpec(), "leading": LeadingSpec(), "uniform": UniformSpec(), "quadratic": QuadraticSpec()}

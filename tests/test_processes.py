@@ -10,6 +10,8 @@ import torch
 
 from components.noise import EdmSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ALL = {
     "vp_linear": VpLinearSpec(),
     "vp_linear_cont": VpLinearSpec(timesteps=None),

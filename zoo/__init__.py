@@ -14,11 +14,12 @@ from zoo.errors import CheckpointError, DataError, NonFiniteLossError, SpecError
 from zoo.images import save_grid
 from zoo.loading import build, load
 from zoo.model import Model
+from zoo.reflow import flow_pairs, reflow, write_pairs
 from zoo.run import Run, train
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
 
 __all__ = [
     "CheckpointError", "DataError", "Model", "ModelSpec", "NonFiniteLossError", "Run", "RunSpec",
     "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "describe", "get", "list",
-    "load", "save_grid", "train",
+    "load", "save_grid", "train", "flow_pairs", "reflow", "write_pairs",
 ]

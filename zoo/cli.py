@@ -3,7 +3,8 @@
     zoo list [PATTERN]
     zoo describe NAME
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
-    zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --out grid.png
+    zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --grid uniform --out grid.png
+    zoo reflow RUN [KEY=VALUE ...] [--into NAME] [--pairs N] [--solver rk45] [--sample-steps S] [--distill K]
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return out
+
+
+def component_arg(value: str | None):
+    """A solver/grid option: a kind name, or YAML for a full spec ('{kind: heun, s_churn: 40}')."""
+    return yaml.safe_load(value) if value is not None and value.lstrip().startswith("{") else value
 
 
 @app.command("list")
@@ -85,7 +91,8 @@ def sample(
     checkpoint: str = typer.Argument(..., help="checkpoint or run folder (any fsspec URL)"),
     n: int = typer.Option(64, help="number of images"),
     steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's)"),
-    solver: Optional[str] = typer.Option(None, help="solver kind, e.g. ddim, ddpm"),
+    solver: Optional[str] = typer.Option(None, help="solver kind (ddim, heun, dpmpp_2m, rk45, ...) or YAML '{kind: heun, s_churn: 40}'"),
+    grid: Optional[str] = typer.Option(None, help="time grid kind (uniform, karras, log_snr, trailing, ...) or YAML"),
     seed: int = typer.Option(0),
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance w"),
     label: Optional[int] = typer.Option(None, help="class label for class-conditional models"),
@@ -97,11 +104,16 @@ def sample(
 
     try:
         model = zoo.load(checkpoint, ema=ema)
-        images = model.sample(n, steps=steps, solver=solver, seed=seed, guidance=guidance, labels=label, progress=True)
+        images = model.sample(n, steps=steps, solver=component_arg(solver), grid=component_arg(grid), seed=seed,
+                              guidance=guidance, labels=label, progress=True)
     except (zoo.ZooError, ValueError) as e:
         _fail(e)
     typer.echo(zoo.save_grid(images, out))
 
+
+from zoo.cli_reflow import reflow  # noqa: E402  (its own module; registered here)
+
+app.command()(reflow)
 
 if __name__ == "__main__":
     app()
