@@ -29,7 +29,7 @@ from jobs.data import open_data
 from jobs.ema import Ema
 from zoo import checkpoint as ckpt
 from zoo.errors import NonFiniteLossError
-from zoo.loading import fit_weights
+from zoo.loading import fit_weights, load_weights
 from zoo.model import Model
 from zoo.specs import RunSpec
 
@@ -49,6 +49,8 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     device = ctx.device
     torch.manual_seed(derive_seed(tr.seed, "init"))  # identical initial weights on every rank
     model = Model(run.model, run.name).to(device)
+    if run.model.weights and ctx.latest_checkpoint() is None:  # fine-tuning (reflow: k-RF from (k-1)-RF)
+        load_weights(model, run.model.weights, ema=True)
     if tr.grad_checkpointing and hasattr(model.denoiser.backbone, "set_grad_checkpointing"):
         model.denoiser.backbone.set_grad_checkpointing(True)
     objective = tr.objective.build().to(device)

@@ -120,3 +120,13 @@ def ray_cluster(s3_server):
     yield ray
     if started:
         ray.shutdown()
+
+
+@pytest.fixture()
+def one_thread():
+    """Run a test single-threaded: the closed-form tests are thousands of small tensor ops, which
+    intra-op threads only slow down (badly so on a loaded machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

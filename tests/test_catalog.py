@@ -61,7 +61,8 @@ def test_entry_builds_and_trains_a_step(name):
     x0 = model.encode(batch["image"])
     assert x0.shape == (2, c, size, size)
     cond = model.conditioner({"label": batch["label"]}, noise)
-    loss, _ = run.train.objective.build().loss(model.denoiser, {"x0": x0, "cond": cond}, noise, step=0)
+    pairs = torch.randn_like(x0)  # the "noise" column of reflow pairs (ignored by other objectives)
+    loss, _ = run.train.objective.build().loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, noise, step=0)
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.denoiser.parameters() if p.requires_grad]

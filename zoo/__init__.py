@@ -17,6 +17,7 @@ from zoo.errors import CheckpointError, DataError, NonFiniteLossError, SpecError
 from zoo.images import save_grid
 from zoo.loading import build, load
 from zoo.model import Model
+from zoo.reflow import flow_pairs, reflow, write_pairs
 from zoo.run import Run, train
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
 from serve.api import client, serve  # noqa: E402  (Ray is imported only when serving)
@@ -25,5 +26,6 @@ from jobs.submit import submit  # noqa: E402  (Ray job submission; ray is import
 __all__ = [
     "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run",
     "RunSpec", "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "client", "describe",
-    "evaluate", "get", "list", "load", "save_grid", "serve", "submit", "train",
+    "evaluate", "flow_pairs", "get", "list", "load", "reflow", "save_grid", "serve", "submit", "train",
+    "write_pairs",
 ]

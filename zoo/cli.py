@@ -3,7 +3,8 @@
     zoo list [PATTERN]
     zoo describe NAME
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
-    zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --out grid.png
+    zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --grid uniform --out grid.png
+    zoo reflow RUN [KEY=VALUE ...] [--into NAME] [--pairs N] [--solver rk45] [--sample-steps S] [--distill K]
     zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (serve/cli.py)
     zoo eval RUN --metric digits_fid --nfe 1,2,4,8 --solver ddim --solver ddpm   (zoo.evaluation.cli)
     zoo stats DATA --inception pt_inception.pth
@@ -34,6 +35,11 @@ def parse_overrides(pairs: list[str]) -> dict:
         key, value = pair.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else None
     return out
+
+
+def component_arg(value: str | None):
+    """A solver/grid option: a kind name, or YAML for a full spec ('{kind: heun, s_churn: 40}')."""
+    return yaml.safe_load(value) if value is not None and value.lstrip().startswith("{") else value
 
 
 @app.command("list")
@@ -90,7 +96,8 @@ def sample(
     checkpoint: str = typer.Argument(..., help="checkpoint or run folder (any fsspec URL)"),
     n: int = typer.Option(64, help="number of images"),
     steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's)"),
-    solver: Optional[str] = typer.Option(None, help="solver kind, e.g. ddim, ddpm"),
+    solver: Optional[str] = typer.Option(None, help="solver kind (ddim, heun, dpmpp_2m, rk45, ...) or YAML '{kind: heun, s_churn: 40}'"),
+    grid: Optional[str] = typer.Option(None, help="time grid kind (uniform, karras, log_snr, trailing, ...) or YAML"),
     seed: int = typer.Option(0),
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance w"),
     label: Optional[int] = typer.Option(None, help="class label for class-conditional models"),
@@ -102,7 +109,8 @@ def sample(
 
     try:
         model = zoo.load(checkpoint, ema=ema)
-        images = model.sample(n, steps=steps, solver=solver, seed=seed, guidance=guidance, labels=label, progress=True)
+        images = model.sample(n, steps=steps, solver=component_arg(solver), grid=component_arg(grid), seed=seed,
+                              guidance=guidance, labels=label, progress=True)
     except (zoo.ZooError, ValueError) as e:
         _fail(e)
     typer.echo(zoo.save_grid(images, out))
@@ -117,6 +125,9 @@ app.command("serve")(serve_command)
 app.add_typer(data_app, name="data")
 app.command()(submit)
 _eval_cli.register(app)
+from zoo.cli_reflow import reflow  # noqa: E402
+
+app.command()(reflow)
 
 if __name__ == "__main__":
     app()

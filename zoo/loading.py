@@ -41,7 +41,7 @@ def load(ref: str, *, weights: str | None = None, ema: bool = True, device: str 
                 "(nothing is downloaded), or use zoo.build() for an untrained model"
             )
         model = Model(run.model, run.name)
-        _load_weights(model, url, ema)
+        load_weights(model, url, ema)
         return model.to(device).eval()
     if overrides:
         raise SpecError("overrides apply to catalog names; a checkpoint carries its own spec")
@@ -63,7 +63,8 @@ def _is_catalog_name(ref: str) -> bool:
     return not fs.exists(path)
 
 
-def _load_weights(model: Model, url: str, ema: bool) -> None:
+def load_weights(model: Model, url: str, ema: bool = True) -> None:
+    """Load weights into ``model`` from a .safetensors URL or a checkpoint / run folder (EMA unless ema=False)."""
     if url.endswith(".safetensors"):
         try:
             with fsspec.open(url, "rb") as f:

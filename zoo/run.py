@@ -63,9 +63,11 @@ def train(
 
     run = resolve_run(model, overrides)
     if run.train.data is None:
+        needs = getattr(run.train.objective, "needs_data", None)  # e.g. reflow pairs
         raise DataError(
-            f"{run.name} needs training data: pass data='<URL of shards>' (e.g. s3://bucket/cifar10/). "
-            "Only the small *-digits entries ship their data (data='builtin:digits')."
+            f"{run.name} needs training data: "
+            + (f"pass data= {needs}." if needs else "pass data='<URL of shards>' (e.g. s3://bucket/cifar10/). "
+               "Only the small *-digits entries ship their data (data='builtin:digits').")
         )
     data_sources.kind(run.train.data)  # an unknown source fails here, before any cluster starts
     run_dir, resume_from = run_directory(run, resume)

@@ -1,11 +1,11 @@
 """Closed-form references for testing solvers and processes.
 
-For data x0 ~ N(mu, s^2 I) and x_t = alpha x0 + sigma eps, the marginal is
-x_t ~ N(alpha mu, (alpha^2 s^2 + sigma^2) I) and the exact denoiser (the posterior mean) is
+For data x0 ~ N(mu, diag(s^2)) and x_t = alpha x0 + sigma eps, the marginal is
+x_t ~ N(alpha mu, diag(alpha^2 s^2 + sigma^2)) and the exact denoiser (the posterior mean) is
 
     E[x0 | x_t] = mu + alpha s^2 / (alpha^2 s^2 + sigma^2) * (x_t - alpha mu),
 
-so any solver run with it must reproduce N(mu, s^2 I), and the probability-flow ODE has the
+so any solver run with it must reproduce N(mu, diag(s^2)), and the probability-flow ODE has the
 closed-form solution x_t = alpha_t mu + sqrt(alpha_t^2 s^2 + sigma_t^2) z for a fixed z.
 """
 
@@ -20,22 +20,23 @@ from components.util import bcast
 
 
 class GaussianDenoiser(nn.Module):
-    """The exact denoiser of N(mu, s^2 I) data under ``process``; a drop-in for Denoiser."""
+    """The exact denoiser of N(mu, diag(s^2)) data under ``process``; a drop-in for Denoiser."""
 
-    def __init__(self, process: NoiseProcess, mu: Tensor | float, s: float):
+    def __init__(self, process: NoiseProcess, mu: Tensor | float, s: Tensor | float):
+        """``s`` is one std for every dimension or one per dimension (a diagonal covariance)."""
         super().__init__()
         self.process = process
         self.register_buffer("mu", torch.as_tensor(mu, dtype=torch.float64))
-        self.s = float(s)
+        self.register_buffer("s", torch.as_tensor(s, dtype=torch.float64))
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Prediction:
         t = t.to(x.device).double().expand(x.shape[0])
         x64 = x.double()
         a, sg = bcast(self.process.alpha(t), x64), bcast(self.process.sigma(t), x64)
-        mu = self.mu.to(x.device)
-        gain = a * self.s**2 / (a * a * self.s**2 + sg * sg)
-        x0 = mu + gain * (x64 - a * mu)
-        eps = (x64 - a * x0) / sg.clamp_min(1e-300)
+        mu, s2 = self.mu.to(x.device), self.s.to(x.device) ** 2
+        var = a * a * s2 + sg * sg  # of x_t, per dimension
+        x0 = mu + a * s2 / var * (x64 - a * mu)
+        eps = sg / var * (x64 - a * mu)  # = (x_t - alpha x0) / sigma, without cancellation at sigma -> 0
         return Prediction(x, a.to(x.dtype), sg.to(x.dtype), x0.to(x.dtype), eps.to(x.dtype))
 
     def marginal_std(self, t: Tensor) -> Tensor:

@@ -1,8 +1,22 @@
 """Time grids, separate from solvers: (process, steps) -> steps+1 decreasing times ending at 0.
-kind = file stem; quadratic, Karras rho=7, log-SNR uniform, leading/trailing join the union."""
+kind = file stem; the union of the specs is the registry."""
 
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from components.grids.karras import Karras, KarrasSpec
+from components.grids.leading import Leading, LeadingSpec
+from components.grids.log_snr import LogSnr, LogSnrSpec
+from components.grids.quadratic import Quadratic, QuadraticSpec
+from components.grids.trailing import Trailing, TrailingSpec
 from components.grids.uniform import Uniform, UniformSpec
 
-GridSpec = UniformSpec
+GridSpec = Annotated[
+    Union[UniformSpec, QuadraticSpec, KarrasSpec, LogSnrSpec, LeadingSpec, TrailingSpec], Field(discriminator="kind")
+]
 
-__all__ = ["GridSpec", "Uniform", "UniformSpec"]
+__all__ = [
+    "GridSpec", "Karras", "KarrasSpec", "Leading", "LeadingSpec", "LogSnr", "LogSnrSpec", "Quadratic",
+    "QuadraticSpec", "Trailing", "TrailingSpec", "Uniform", "UniformSpec",
+]

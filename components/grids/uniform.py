@@ -1,16 +1,21 @@
 """Uniform time grid: ``steps`` times evenly spaced from t_max down to t_min, then 0.
 
-On a discrete chain the times are snapped to its steps (so steps = T is DDPM's full chain
-t = T/T, ..., 1/T). The final 0 is the clean end: the last solver step lands on x0_hat.
+On a discrete chain the times are its steps n/T with 0-based timesteps n - 1 =
+round(linspace(0, T - 1, steps)), diffusers' "linspace" spacing (so steps = T is DDPM's full
+chain t = T/T, ..., 1/T). The final 0 is the clean end: the last solver
+step lands on x0_hat. For a process whose t_min is 0 (rectified flow), the ``steps`` intervals
+are equal: t = 1, (N-1)/N, ..., 1/N, 0 (Liu et al.'s N-step Euler).
 """
 
 from __future__ import annotations
 
 from typing import Literal
 
+import numpy as np
 import torch
 from torch import Tensor
 
+from components.grids.base import check_steps, finish, fractions
 from components.noise.base import NoiseProcess
 from components.spec import Spec
 
@@ -25,20 +30,9 @@ class UniformSpec(Spec):
 class Uniform:
     def __call__(self, process: NoiseProcess, steps: int) -> Tensor:
         check_steps(process, steps)
-        ts = torch.linspace(process.t_max, process.t_min, steps, dtype=torch.float64)
-        return finish(process, ts)
-
-
-def check_steps(process: NoiseProcess, steps: int) -> None:
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    if process.timesteps is not None and steps > process.timesteps:
-        raise ValueError(f"steps={steps} exceeds the {process.timesteps} steps of the discrete chain")
-
-
-def finish(process: NoiseProcess, ts: Tensor) -> Tensor:
-    """Snap onto a discrete chain, check strictly decreasing, append the clean end t = 0."""
-    ts = process.discretize(ts.double())
-    if (ts[1:] >= ts[:-1]).any():
-        raise ValueError(f"time grid is not strictly decreasing after snapping to the chain: {ts.tolist()}")
-    return torch.cat([ts, ts.new_zeros(1)])
+        if process.timesteps is not None:  # diffusers' "linspace" exactly (numpy's rounding of ties)
+            T = process.timesteps
+            timestep = np.linspace(0, T - 1, steps, dtype=np.float64).round()[::-1].copy()
+            return finish(process, (torch.from_numpy(timestep) + 1) / T)
+        u = fractions(steps, ends_at_zero=process.t_min == 0)
+        return finish(process, process.t_min + (process.t_max - process.t_min) * u)

@@ -5,9 +5,17 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.noise.base import NoiseProcess, VPProcess
+from components.noise.edm import Edm, EdmSpec
+from components.noise.rectified import Rectified, RectifiedSpec
+from components.noise.ve import Ve, VeSpec
 from components.noise.vp_cosine import VpCosine, VpCosineSpec
 from components.noise.vp_linear import VpLinear, VpLinearSpec
 
-NoiseSpec = Annotated[Union[VpLinearSpec, VpCosineSpec], Field(discriminator="kind")]
+NoiseSpec = Annotated[
+    Union[VpLinearSpec, VpCosineSpec, VeSpec, EdmSpec, RectifiedSpec], Field(discriminator="kind")
+]
 
-__all__ = ["NoiseProcess", "NoiseSpec", "VPProcess", "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec"]
+__all__ = [
+    "Edm", "EdmSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve", "VeSpec",
+    "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec",
+]

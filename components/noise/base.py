@@ -44,6 +44,18 @@ class NoiseProcess(ABC):
         t64 = t.double()
         return (2 * (self.alpha(t64).log() - self.sigma(t64).log())).to(t.dtype)
 
+    def ve_sigma(self, t: Tensor) -> Tensor:
+        """sigma / alpha = exp(-log_snr / 2): the noise level of the scaled path
+        x / alpha = x0 + (sigma / alpha) eps, i.e. EDM's sigma(t) with scaling s(t) = alpha(t)
+        (Karras et al. 2022, eq. 4). Infinite where alpha = 0 (the rectified prior)."""
+        t64 = t.double()
+        return (self.sigma(t64) / self.alpha(t64)).to(t.dtype)
+
+    def t_from_ve_sigma(self, ve_sigma: Tensor) -> Tensor:
+        """The time at which sigma / alpha equals ``ve_sigma`` (so any grid in EDM's sigma, such as
+        Karras et al.'s, can be laid on any process)."""
+        return self.t_from_log_snr(-2 * ve_sigma.double().log()).to(ve_sigma.dtype)
+
     def derivatives(self, t: Tensor) -> tuple[Tensor, Tensor]:
         """(d alpha / dt, d sigma / dt), by autograd unless a process gives closed forms."""
         with torch.enable_grad():

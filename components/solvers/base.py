@@ -9,6 +9,7 @@ RandomSource of the samples (per-request seeds). Solvers keep no state between c
 
 from __future__ import annotations
 
+import math
 from typing import Protocol
 
 import torch
@@ -26,14 +27,60 @@ class Solver(Protocol):
 
 
 def coefficients(process: NoiseProcess, t: Tensor) -> tuple[float, float]:
-    """(alpha(t), sigma(t)) of one scalar time, in float64."""
+    """(alpha(t), sigma(t)) of one scalar time, in float64. A grid's final t = 0 is the clean
+    end: sigma = 0 there even where the process's sigma(0) is not (VE's sigma_min), which makes
+    the last step land on x0_hat (Song et al.'s final denoising step)."""
     t = t.reshape(1).double()
+    if float(t) == 0.0:
+        return float(process.alpha(t)), 0.0
     return float(process.alpha(t)), float(process.sigma(t))
 
 
+def ve_sigma(a: float, s: float) -> float:
+    """EDM's sigma = sigma / alpha of one time (infinite where alpha = 0)."""
+    return s / a if a > 0 else math.inf
+
+
+def derivative_at(process: NoiseProcess, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(d alpha/dt, d sigma/dt) of one scalar time as float64 0-d tensors."""
+    da, ds = process.derivatives(t.reshape(1).double())
+    return da[0], ds[0]
+
+
+class Churn:
+    """EDM's stochastic churn (Karras et al. 2022, Algorithm 2, lines 4-6), in EDM's sigma
+    s = sigma / alpha of any process: where S_tmin <= s_i <= S_tmax, raise the noise to
+    s^ = (1 + gamma) s_i with gamma = min(S_churn / N, sqrt(2) - 1) by adding fresh noise of std
+    S_noise sqrt(s^2 - s_i^2) to x~ = x / alpha, and continue from the time t^ of s^ (clamped to
+    t_max, in which case s^ is what t_max allows). S_churn = 0 is the deterministic sampler."""
+
+    def __init__(self, s_churn: float, s_tmin: float, s_tmax: float | None, s_noise: float):
+        self.s_churn, self.s_tmin, self.s_noise = s_churn, s_tmin, s_noise
+        self.s_tmax = math.inf if s_tmax is None else s_tmax
+
+    def __call__(
+        self, x: Tensor, t: Tensor, process: NoiseProcess, noise: RandomSource, n_steps: int
+    ) -> tuple[Tensor, Tensor]:
+        if self.s_churn == 0:
+            return x, t
+        a, s = coefficients(process, t)
+        sig = ve_sigma(a, s)
+        if not (math.isfinite(sig) and self.s_tmin <= sig <= self.s_tmax):
+            return x, t
+        gamma = min(self.s_churn / n_steps, math.sqrt(2) - 1)
+        t_hat = process.t_from_ve_sigma(torch.tensor([sig * (1 + gamma)], dtype=torch.float64))
+        t_hat = t_hat.clamp(max=process.t_max).reshape(())
+        a_hat, s_hat = coefficients(process, t_hat)
+        std = self.s_noise * math.sqrt(max(ve_sigma(a_hat, s_hat) ** 2 - sig**2, 0.0))
+        x = a_hat * (x / a + std * noise.randn(*x.shape[1:]).to(x))
+        return x, t_hat.to(t)
+
+
 def at(t: Tensor, x: Tensor) -> Tensor:
-    """A scalar grid time as the (B,) float32 vector a denoiser takes."""
-    return t.to(device=x.device, dtype=torch.float32).expand(x.shape[0])
+    """A scalar grid time as the (B,) vector a denoiser takes: float32, or float64 when the
+    samples are float64 (closed-form checks at tight tolerances)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return t.to(device=x.device, dtype=dtype).expand(x.shape[0])
 
 
 def transition_var(a_t: float, s_t: float, a_s: float, s_s: float) -> float:
