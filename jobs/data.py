@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import fsspec
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from torch import Tensor
 
 from components.random import RandomSource, derive_seed
 from zoo.errors import DataError
 from zoo.specs import TrainSpec
+from zoo.tensorfile import read_safetensors
 
 BUILTIN = ("builtin:digits",)
 
@@ -72,15 +71,7 @@ class InMemoryData:
 
 
 def read_tensor_file(url: str) -> dict[str, Tensor]:
-    try:
-        with fsspec.open(url, "rb") as f:
-            blob = f.read()
-    except FileNotFoundError:
-        raise DataError(f"data={url!r}: file not found") from None
-    try:
-        return st_load(blob)
-    except SafetensorError as e:
-        raise DataError(f"data={url!r}: not a valid safetensors file ({e})") from None
+    return read_safetensors(url, DataError, f"data={url!r}")
 
 
 def kind(url: str | None) -> str:

@@ -57,8 +57,8 @@ def test_limits_the_model_cannot_honour_fail_when_the_app_is_built(tiny):
     spec = tiny.spec
     with pytest.raises(zoo.SpecError, match="exceeds the 1000 steps"):
         ModelRules.build("m", spec, Limits(max_steps=2000))
-    with pytest.raises(zoo.SpecError, match="unknown solver kinds.*euler"):
-        ModelRules.build("m", spec, Limits(solvers=["ddim", "euler"]))
+    with pytest.raises(zoo.SpecError, match="unknown solver kinds.*plms"):
+        ModelRules.build("m", spec, Limits(solvers=["ddim", "plms"]))
     with pytest.raises(zoo.SpecError, match="excludes the model's default solver 'ddim'"):
         ModelRules.build("m", spec, Limits(solvers=["ddpm"]))
     with pytest.raises(zoo.SpecError, match="generates only 16x16"):
@@ -69,11 +69,11 @@ def test_limits_the_model_cannot_honour_fail_when_the_app_is_built(tiny):
 
 def test_request_checks_name_every_bad_field(tiny, tiny_cond):
     rules = ModelRules.build("digits", tiny.spec, Limits(max_n=4, max_steps=20))
-    bad = GenerateRequest(n=5, steps=21, solver="euler", label=1, guidance=2.0, height=8)
+    bad = GenerateRequest(n=5, steps=21, solver="plms", label=1, guidance=2.0, height=8)
     with pytest.raises(RequestError) as e:
         rules.check(bad)
     assert {x.field for x in e.value.errors} == {"n", "steps", "solver", "label", "guidance", "height"}
-    assert "max_n=4" in str(e.value) and "unknown solver 'euler'" in str(e.value)
+    assert "max_n=4" in str(e.value) and "unknown solver 'plms'" in str(e.value)
     with pytest.raises(RequestError, match=r"solver.eta"):
         rules.check(GenerateRequest(solver={"kind": "ddim", "eta": 2}))
     ok = rules.check(GenerateRequest(n=2))

@@ -6,8 +6,6 @@ from typing import Any
 
 import fsspec
 import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
 from torch import Tensor
 
 from zoo import catalog
@@ -16,6 +14,7 @@ from zoo.catalog import format_errors
 from zoo.errors import CheckpointError, SpecError
 from zoo.model import Model
 from zoo.specs import RunSpec
+from zoo.tensorfile import read_safetensors
 
 
 def build(name: str | RunSpec, **overrides: Any) -> Model:
@@ -66,15 +65,7 @@ def _is_catalog_name(ref: str) -> bool:
 def load_weights(model: Model, url: str, ema: bool = True) -> None:
     """Load weights into ``model`` from a .safetensors URL or a checkpoint / run folder (EMA unless ema=False)."""
     if url.endswith(".safetensors"):
-        try:
-            with fsspec.open(url, "rb") as f:
-                blob = f.read()
-        except FileNotFoundError:
-            raise CheckpointError(f"{url}: weights file not found") from None
-        try:
-            sd = st_load(blob)
-        except SafetensorError as e:
-            raise CheckpointError(f"{url}: not a valid safetensors file ({e})") from None
+        sd = read_safetensors(url, CheckpointError, f"weights {url}")
     else:
         c = ckpt.Checkpoint(ckpt.resolve(url))
         sd = c.tensors("ema.safetensors" if ema else "model.safetensors")

@@ -99,10 +99,13 @@ def flow_pairs(
 
 
 def write_pairs(pairs: dict[str, Tensor], url: str) -> str:
-    """Store pairs as a dataset the training loop reads (one .safetensors of columns; a sharded
-    format can replace this one function)."""
-    with fsspec.open(url, "wb") as f:
+    """Store pairs as a dataset the training loop reads: one .safetensors of columns, held in
+    memory by every worker (fine up to a few GB; sharded pairs would replace this one function)."""
+    fs, path = fsspec.core.url_to_fs(url)
+    partial = path + ".partial"  # visible under its name only when complete: an interrupted write is never reused
+    with fs.open(partial, "wb") as f:
         f.write(st_save({k: v.contiguous() for k, v in pairs.items()}))
+    fs.mv(partial, path)
     return url
 
 
