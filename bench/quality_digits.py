@@ -1,12 +1,13 @@
 """The seeds' NFE-vs-FID tables, reproduced at CPU scale on the shipped digits.
 
 Trains the small digits variant of every family the catalog holds at run time (every entry whose
-data is ``builtin:digits``: ddpm-digits today; edm/rf/2-rf/fm/cd/ict/pd-digits and lcm-tiny as they
-join) with the catalog's fixed seeds on the CPU, then samples each with every solver its process
-runs at each NFE budget and prints method x NFE -> digits feature-FID (the digits classifier's
-64-d features, against the 360 held-out digits), plus the accuracy of label-sampled
-class-conditional models. Writes eval.csv/json/txt, metric-vs-NFE plots and sample grids under
-``--output``; a second run reuses the trained runs there (``--retrain`` to start afresh).
+data is ``builtin:digits``, and those trained on reflow pairs of one of them: ddpm/edm/rf/2-rf/
+fm-digits today; cd/ict/pd-digits and lcm-tiny as they join) with the catalog's fixed seeds on the
+CPU, then samples each with every solver its process runs at each NFE budget and prints method x
+NFE -> digits feature-FID (the digits classifier's 64-d features, against the 360 held-out
+digits), plus the accuracy of label-sampled class-conditional models. Writes eval.csv/json/txt,
+metric-vs-NFE plots and sample grids under ``--output``; a second run reuses the trained runs
+there (``--retrain`` to start afresh).
 
     python bench/quality_digits.py                         # everything
     python bench/quality_digits.py --only 'ddpm-*' --solvers ddim --nfe 1,2,4,8,16,32,64
@@ -38,7 +39,24 @@ from zoo.metrics.reference import reference  # noqa: E402
 
 
 def digits_entries(pattern: str) -> list[str]:
-    return [n for n in zoo.list(pattern) if zoo.get(n).train.data == "builtin:digits"]
+    """Entries trained on the shipped digits, and those trained on pairs made by one of them
+    (2-rf-digits: reflow of rf-digits), each after its source."""
+    names = [n for n in zoo.list(pattern) if zoo.get(n).train.data == "builtin:digits"]
+    for n in zoo.list(pattern):
+        source = getattr(zoo.get(n).train.objective, "pairs_from", None)
+        if zoo.get(n).train.data is None and source in names:
+            names.append(n)
+    return names
+
+
+def reflow_or_reuse(name: str, source: zoo.Run, output: str, retrain: bool) -> zoo.Run:
+    """``name`` trained on reflow pairs of the trained ``source`` (pairs are reused when present)."""
+    if not retrain:
+        try:
+            return zoo.reflow(source.dir, into=name, resume=True, progress=False, output=output)
+        except zoo.SpecError:  # no earlier run on these pairs
+            pass
+    return zoo.reflow(source.dir, into=name, progress=False, output=output)
 
 
 def train_or_reuse(name: str, output: str, retrain: bool) -> zoo.Run:
@@ -80,8 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     runs, failed, train_s = {}, {}, {}
     for name in names:
         t = time.perf_counter()
+        source = getattr(zoo.get(name).train.objective, "pairs_from", None)
         try:
-            runs[name] = train_or_reuse(name, args.output, args.retrain)
+            if zoo.get(name).train.data is None and source in runs:
+                runs[name] = reflow_or_reuse(name, runs[source], args.output, args.retrain)
+            else:
+                runs[name] = train_or_reuse(name, args.output, args.retrain)
         except zoo.ZooError as e:  # e.g. a distilled entry whose teacher is not there
             failed[name] = str(e).splitlines()[0]
             print(f"[skip] {name}: {failed[name]}", file=sys.stderr)

@@ -130,6 +130,7 @@ def reflow(
     pair_seed: int = 0,
     pair_batch: int = 256,
     distill: int | None = None,
+    resume: bool = False,
     progress: bool = True,
     **overrides: Any,
 ) -> Run:
@@ -137,7 +138,8 @@ def reflow(
     checkpoint URL) using ``solver`` / ``grid`` / ``sample_steps`` (default: the source's own
     sampler), store them, and train ``into`` (default: rf-X -> 2-rf-X) on them, initialized from
     the source's EMA weights. ``distill=k`` trains the k-step distillation (objective rf_distill)
-    instead of the next rectified flow. ``overrides`` (steps=, batch_size=, ...) change the target."""
+    instead of the next rectified flow. ``overrides`` (steps=, batch_size=, ...) change the target;
+    ``resume=True`` continues (or reuses) an earlier run of the same target on the same pairs."""
     checkpoint = ckpt.resolve(source)
     model = load(checkpoint)
     target_name = into or default_target(model.name)
@@ -164,4 +166,4 @@ def reflow(
         made = flow_pairs(model, pairs, solver=solver, grid=grid, steps=sample_steps, seed=pair_seed,
                           batch_size=pair_batch, progress=progress)
         write_pairs(made, url)
-    return train(target, data=url, weights=checkpoint, progress=progress)
+    return train(target, data=url, weights=checkpoint, resume=resume, progress=progress)
