@@ -5,6 +5,7 @@ nothing waits forever for a CPU)."""
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 
@@ -36,9 +37,17 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
             ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=progress)
         return "address"
     logical = max(os.cpu_count() or 1, math.ceil(cpus) + 1)  # +1: Ray Data's readers and decoders
-    ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=progress)
+    ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=progress,
+             runtime_env={"worker_process_setup_hook": quiet_without_dashboard})
     _embedded = True
     return "embedded"
+
+
+def quiet_without_dashboard() -> None:
+    """Worker set-up of the embedded cluster. It has no dashboard, hence no State API, so Ray
+    Train's placement-group cleaner (which watches the controller through that API) would warn
+    every second that it cannot; the cluster ends with this process, so it has nothing to clean."""
+    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def check_address(address: str | None, name: str = "address") -> None:
