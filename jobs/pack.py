@@ -105,13 +105,15 @@ def pack(src: str, dest: str, *, shard_size: int | str = 1000, size: int | None 
 
 
 def _write_shard(fs, root: str, i: int, rows: list[dict[str, Any]], has_label: bool, has_caption: bool,
-                 latent: bool = False) -> ShardInfo:
+                 latent: bool = False, noise: bool = False) -> ShardInfo:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols: dict[str, Any] = {"key": pa.array([r["key"] for r in rows], pa.string())}
     name = "latent" if latent else "image"
     cols[name] = pa.array([r[name] for r in rows], pa.binary())
+    if noise:  # reflow pairs: the noise each latent was generated from
+        cols["noise"] = pa.array([r["noise"] for r in rows], pa.binary())
     if has_label:
         cols["label"] = pa.array([r["label"] for r in rows], pa.int64())
     if has_caption:

@@ -123,7 +123,7 @@ def _streamed_dataset(run: RunSpec, index, good: list[str], bad: dict[str, int])
     if tr.on_bad_sample == "skip":
         counter = shards.bad_sample_counter()
         counter.add_shards.remote(bad)
-    columns = ["image", "label", "caption", "latent"]
+    columns = ["image", "label", "caption", "latent", "noise"]
     return shards.dataset(tr.data, index, good, tr.on_bad_sample, counter, columns, progress=False), counter
 
 

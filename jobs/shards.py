@@ -3,8 +3,9 @@
 A shard set is a folder (local, s3://, ...) written by ``zoo data pack`` / ``zoo data encode``:
 
     index.json               written last: format, columns, image size, classes, shards and rows
-    shard-00000.parquet      rows of: key (str), image (PNG bytes) or latent (raw float16 bytes),
-    shard-00001.parquet      label (int64, optional), caption (str, optional)
+    shard-00000.parquet      rows of: key (str), image (PNG bytes) or latent (raw float16/32 bytes),
+    shard-00001.parquet      label (int64, optional), caption (str, optional), noise (raw bytes
+    ...                      like latent: reflow pairs, optional)
     ...
 
 Why Parquet rather than WebDataset tar: the footer holds the row count (a truncated shard is
@@ -141,8 +142,9 @@ def dataset(url: str, index: ShardIndex, shard_urls: list[str], on_bad: str, cou
 
 def decode_batch(batch: dict[str, np.ndarray], *, index: ShardIndex, on_bad: str, counter: Any = None,
                  url: str = "") -> dict:
-    """PNG bytes -> (N, C, H, W) uint8; latent bytes -> (N, *latent_shape) float32. Undecodable
-    rows raise a DataError naming shard (its URL) and key, or are dropped and counted."""
+    """PNG bytes -> (N, C, H, W) uint8; latent (and reflow noise) bytes -> (N, *latent_shape)
+    float32. Undecodable rows raise a DataError naming shard (its URL) and key, or are dropped
+    and counted."""
     n = len(batch["key"])
     batch["path"] = np.array([join(url, posixpath.basename(str(p))) for p in batch["path"]], dtype=object)
     keep, out, bad = [], {}, []
@@ -156,14 +158,19 @@ def decode_batch(batch: dict[str, np.ndarray], *, index: ShardIndex, on_bad: str
                 bad.append((str(batch["path"][i]), str(batch["key"][i]), str(e)))
         out["image"] = np.stack(images) if images else np.zeros((0, index.channels, index.image_size, index.image_size), np.uint8)
     elif "latent" in batch:
-        latents = []
+        cols = [c for c in ("latent", "noise") if c in batch]  # noise: reflow pairs
+        decoded: dict[str, list[np.ndarray]] = {c: [] for c in cols}
         for i in range(n):
             try:
-                latents.append(decode_latent(batch["latent"][i], index.latent_shape, index.latent_dtype))
-                keep.append(i)
+                row = {c: decode_latent(batch[c][i], index.latent_shape, index.latent_dtype) for c in cols}
             except Exception as e:
                 bad.append((str(batch["path"][i]), str(batch["key"][i]), str(e)))
-        out["latent"] = np.stack(latents) if latents else np.zeros((0, *index.latent_shape), np.float32)
+                continue
+            keep.append(i)
+            for c in cols:
+                decoded[c].append(row[c])
+        for c in cols:
+            out[c] = np.stack(decoded[c]) if decoded[c] else np.zeros((0, *index.latent_shape), np.float32)
     else:
         keep = list(range(n))
     if bad and on_bad == "error":
@@ -286,8 +293,9 @@ class StreamData:
             if self.spec.hflip:
                 flip = RandomSource.for_step(self.spec.seed, step, self.spec.batch_size, self.rows, stream="hflip").rand() < 0.5
                 out["image"] = torch.where(flip[:, None, None, None], out["image"].flip(-1), out["image"])
-        if "latent" in raw:
-            out["latent"] = torch.from_numpy(np.ascontiguousarray(raw["latent"]))
+        for col in ("latent", "noise"):
+            if col in raw:
+                out[col] = torch.from_numpy(np.ascontiguousarray(raw[col]))
         if "label" in raw:
             out["label"] = torch.from_numpy(raw["label"].astype(np.int64))
         if "caption" in raw:
