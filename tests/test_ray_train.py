@@ -138,3 +138,15 @@ def test_runs_the_cluster_cannot_place_are_refused(ray_cluster, tmp_path):
                   **{**RUN, "workers": 2, "cpus_per_worker": 2.0, "data": str(shards)})
     with pytest.raises(zoo.SpecError, match="job submission .* address: use zoo.submit"):
         zoo.train("ddpm-digits", output=str(tmp_path), progress=False, address="http://127.0.0.1:8265", **RUN)
+
+
+def test_relative_paths_are_this_process_paths(ray_cluster, tmp_path, monkeypatch):
+    """Ray workers run in directories of their own: a relative output (as `make demo` passes),
+    data or weights path means this process's working directory."""
+    monkeypatch.chdir(tmp_path)
+    first = zoo.train("ddpm-digits", output="runs", progress=False, **{**tiny_overrides(steps=2), "workers": 1})
+    assert Path(first.dir).is_absolute() and Path(first.dir).parent == tmp_path / "runs"
+    assert ckpt.latest(first.dir) is not None
+    rel = os.path.relpath(first.checkpoint, tmp_path)
+    tuned = zoo.train("ddpm-digits", output="runs", weights=rel, progress=False, **{**tiny_overrides(steps=2), "workers": 1})
+    assert tuned.spec.model.weights == first.checkpoint and tuned.checkpoint is not None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import re
 from dataclasses import dataclass, field
@@ -61,7 +62,8 @@ def train(
     from jobs import ray_train
     from jobs.context import MetricsLog
 
-    run = resolve_run(model, overrides)
+    run = absolute_paths(resolve_run(model, overrides))
+    resume = local_absolute(resume) if isinstance(resume, str) else resume
     if run.train.data is None:
         needs = getattr(run.train.objective, "needs_data", None)  # e.g. reflow pairs
         raise DataError(
@@ -85,6 +87,22 @@ def train(
         images = trained.sample(run.train.grid_samples, seed=run.train.seed, progress=progress)
         result.grid = save_grid(images, posixpath.join(run_dir, "samples.png"))
     return result
+
+
+def local_absolute(url: str | None) -> str | None:
+    """A relative local path made absolute against this process's working directory (Ray
+    workers run in directories of their own); URLs and ``builtin:`` names as they are."""
+    if url is None or "://" in url or url.startswith("builtin:") or os.path.isabs(url):
+        return url
+    return os.path.abspath(url)
+
+
+def absolute_paths(run: RunSpec) -> RunSpec:
+    """The run with its local data, output and weights paths made absolute."""
+    train = run.train.model_copy(update={"data": local_absolute(run.train.data),
+                                         "output": local_absolute(run.train.output)})
+    model = run.model.model_copy(update={"weights": local_absolute(run.model.weights)})
+    return run.model_copy(update={"train": train, "model": model})
 
 
 def run_directory(run: RunSpec, resume: bool | str) -> tuple[str, str | None]:
