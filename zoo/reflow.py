@@ -51,8 +51,13 @@ def flow_pairs(model: Model, n: int, **kw: Any) -> dict[str, Tensor]:
     """n pairs of standard-normal noise and the model's deterministic ODE solution from it, in the
     space diffusion runs in (``latent``), plus ``label`` for class-conditional models (uniform
     labels, seeded by index). Defaults: the model's own sampler. Keywords as ``iter_pairs``."""
+    return _concat(iter_pairs(model, n, **kw))
+
+
+def _concat(batches: Iterable[dict[str, Tensor]]) -> dict[str, Tensor]:
+    """Batches of columns -> one tensor per column."""
     out: dict[str, list[Tensor]] = {}
-    for batch in iter_pairs(model, n, **kw):
+    for batch in batches:
         for k, v in batch.items():
             out.setdefault(k, []).append(v)
     return {k: torch.cat(v).contiguous() for k, v in out.items()}
@@ -118,13 +123,9 @@ def write_pairs(pairs: dict[str, Tensor] | Iterable[dict[str, Tensor]], url: str
     batches = [pairs] if isinstance(pairs, dict) else pairs
     fs, path = fsspec.core.url_to_fs(url)
     if url.endswith(".safetensors"):
-        cols: dict[str, list[Tensor]] = {}
-        for b in batches:
-            for k, v in b.items():
-                cols.setdefault(k, []).append(v)
         partial = path + ".partial"  # an interrupted write is never reused
         with fs.open(partial, "wb") as f:
-            f.write(st_save({k: torch.cat(v).contiguous() for k, v in cols.items()}))
+            f.write(st_save(_concat(batches)))
         fs.mv(partial, path)
         return url
     from jobs.pack import _write_index, _write_shard  # jobs.shards imports zoo: not at module level
