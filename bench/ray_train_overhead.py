@@ -38,8 +38,8 @@ def plain_loop(run, steps: int) -> tuple[float, float]:
         if step == 1:
             t1 = time.perf_counter()
         x0 = images[torch.randint(len(images), (tr.batch_size,), generator=g)]
-        noise = RandomSource.from_seed(step, tr.batch_size)
-        loss, _ = objective.loss(model.denoiser, {"x0": x0, "cond": None}, noise, step)
+        rng = RandomSource.from_seed(step, tr.batch_size)
+        loss, _ = objective.loss(model.denoiser, {"x0": x0, "cond": None}, rng, step)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), tr.optimizer.grad_clip)
         opt.step()

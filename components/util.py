@@ -12,9 +12,3 @@ def bcast(v: Tensor, like: Tensor) -> Tensor:
     if v.ndim == 0:
         v = v.expand(like.shape[0])
     return v.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
-
-
-def per_sample_t(t: Tensor | float, n: int, device: torch.device) -> Tensor:
-    """A time given as a scalar or a (n,) vector, as a float32 (n,) vector on ``device``."""
-    t = torch.as_tensor(t, dtype=torch.float32, device=device)
-    return t.expand(n).clone() if t.ndim == 0 else t

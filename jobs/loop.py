@@ -169,16 +169,16 @@ def _steps(run: RunSpec, ctx: WorkerContext, p: Parts, start: int, bar) -> dict[
 
 def _micro_step(model, trained, objective, raw, tr, step, rows, device, amp_dtype):
     """Loss of one micro-batch: rows ``rows`` of the global batch, with their noise."""
-    noise = RandomSource.for_step(tr.seed, step, tr.batch_size, rows, device)
+    rng = RandomSource.for_step(tr.seed, step, tr.batch_size, rows, device)
     torch.manual_seed(derive_seed(tr.seed, "torch", step, rows.start))  # dropout: reproducible per step and rows
     raw = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in raw.items()}
     with torch.no_grad():
         x0 = raw.pop("latent") if "latent" in raw else model.encode(raw.pop("image"))
-    cond = model.conditioner(raw, noise)
+    cond = model.conditioner(raw, rng)
     extra = {k: v for k, v in raw.items() if k not in ("label", "caption")}  # e.g. reflow's noise pairs
     autocast = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else nullcontext()
     with autocast:
-        return objective.loss(trained, {**extra, "x0": x0, "cond": cond}, noise, step)
+        return objective.loss(trained, {**extra, "x0": x0, "cond": cond}, rng, step)
 
 
 def _checkpoint(run: RunSpec, ctx: WorkerContext, model: Model, ema: Ema, optimizer, step: int, metrics: dict,

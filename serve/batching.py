@@ -65,12 +65,12 @@ def groups(jobs: list[Job], max_images: int) -> list[list[int]]:
 def sample_group(model: Model, jobs: list[Job]) -> torch.Tensor:
     """One network call for compatible jobs, one generator per job."""
     first = jobs[0]
-    noise = RandomSource.from_seeds([(j.seed, j.n) for j in jobs], model.device)
+    rng = RandomSource.from_seeds([(j.seed, j.n) for j in jobs], model.device)
     labels = [j.label for j in jobs for _ in range(j.n)] if first.label is not None else None
     prompt = [j.prompt for j in jobs for _ in range(j.n)] if first.prompt is not None else None
     total = sum(j.n for j in jobs)
     return model.sample(total, steps=first.steps, solver=json.loads(first.solver), guidance=first.guidance,
-                        labels=labels, prompt=prompt, noise=noise)
+                        labels=labels, prompt=prompt, rng=rng)
 
 
 def run_batch(model: Model, jobs: list[Job], max_images: int, started: list[float] | None = None) -> list[Outcome]:

@@ -57,12 +57,12 @@ def test_entry_builds_and_trains_a_step(name):
     c, size, _ = model.latent_shape
     images = torch.rand(2, run.model.image.channels, run.model.image.size, run.model.image.size) * 2 - 1
     batch = {"image": images, "label": torch.tensor([1, 2])}
-    noise = RandomSource.from_seed(0, 2)
+    rng = RandomSource.from_seed(0, 2)
     x0 = model.encode(batch["image"])
     assert x0.shape == (2, c, size, size)
-    cond = model.conditioner({"label": batch["label"]}, noise)
+    cond = model.conditioner({"label": batch["label"]}, rng)
     pairs = torch.randn_like(x0)  # the "noise" column of reflow pairs (ignored by other objectives)
-    loss, _ = run.train.objective.build().loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, noise, step=0)
+    loss, _ = run.train.objective.build().loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.denoiser.parameters() if p.requires_grad]

@@ -11,10 +11,10 @@ import torch
 from torch import nn
 
 from components.denoisers import Denoiser
-from components.denoisers.edm import EdmSpec
-from components.noise import EdmSpec as EdmProcessSpec
+from components.denoisers.edm import EdmPrecondSpec
+from components.noise import EdmProcessSpec
 from components.noise import RectifiedSpec, VeSpec, VpLinearSpec
-from components.objectives import EdmSpec as EdmLossSpec
+from components.objectives import EdmLossSpec
 from components.random import RandomSource
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -35,8 +35,8 @@ def table1(row: str, s: float) -> tuple[float, float, float, float]:
 
 @pytest.mark.parametrize("row", ["edm", "vp", "ve"])
 def test_coefficients_are_table_1(row):
-    pre = EdmSpec(sigma_data=SD, preconditioning=row).build()
-    got = torch.stack(pre.coefficients(SIGMAS), 1)
+    pre = EdmPrecondSpec(sigma_data=SD, preconditioning=row).build()
+    got = torch.stack(pre.scalings(SIGMAS), 1)
     want = torch.tensor([table1(row, float(s)) for s in SIGMAS], dtype=torch.float64)
     torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-12)
 
@@ -45,8 +45,8 @@ def test_vp_row_noise_label_inverts_the_vp_sde():
     """On the continuous VP SDE (beta 0.1..20, EDM's VP), (M-1) sigma^-1 is 999 t exactly."""
     vp = VpLinearSpec(timesteps=None).build()
     t = torch.linspace(0.01, 1, 9, dtype=torch.float64)
-    pre = EdmSpec(preconditioning="vp").build()
-    torch.testing.assert_close(pre.coefficients(vp.ve_sigma(t))[3], 999 * t)
+    pre = EdmPrecondSpec(preconditioning="vp").build()
+    torch.testing.assert_close(pre.scalings(vp.ve_sigma(t))[3], 999 * t)
 
 
 class Recorder(nn.Module):
@@ -72,7 +72,7 @@ def test_denoiser_is_eq_7_on_the_scaled_path_of_any_process(row, process):
     t = torch.linspace(p.t_min, p.t_max, 8, dtype=torch.float64)[1:-1]
     x, f = torch.randn(6, 2, 3, 3, dtype=torch.float64), torch.randn(6, 2, 3, 3, dtype=torch.float64)
     backbone = Recorder(f)
-    pred = Denoiser(backbone, p, EdmSpec(sigma_data=SD, preconditioning=row).build())(x, t.float())
+    pred = Denoiser(backbone, p, EdmPrecondSpec(sigma_data=SD, preconditioning=row).build())(x, t.float())
     t32 = t.float().double()
     a, s = p.alpha(t32), p.ve_sigma(t32)
     rows = torch.tensor([table1(row, float(v)) for v in s], dtype=torch.float64)
@@ -89,7 +89,7 @@ def test_edm_row_is_finite_at_the_rectified_prior():
     p = RectifiedSpec().build()
     x, f = torch.randn(2, 1, 2, 2, dtype=torch.float64), torch.randn(2, 1, 2, 2, dtype=torch.float64)
     backbone = Recorder(f)
-    pred = Denoiser(backbone, p, EdmSpec().build())(x, torch.ones(2))
+    pred = Denoiser(backbone, p, EdmPrecondSpec().build())(x, torch.ones(2))
     torch.testing.assert_close(backbone.seen[0], x)
     assert torch.isfinite(backbone.seen[1]).all()
     torch.testing.assert_close(pred.x0, SD * f)
@@ -99,10 +99,10 @@ def test_preconditioning_equals_diffusers_edm_scheduler():
     """Peer: diffusers' EDMEulerScheduler(sigma_data=0.5, prediction_type='epsilon') precondition_*."""
     diffusers = pytest.importorskip("diffusers")
     sched = diffusers.EDMEulerScheduler(sigma_data=SD, prediction_type="epsilon")
-    pre = EdmSpec(sigma_data=SD).build()
+    pre = EdmPrecondSpec(sigma_data=SD).build()
     x, f = torch.randn(len(SIGMAS), 3, dtype=torch.float64), torch.randn(len(SIGMAS), 3, dtype=torch.float64)
     s = SIGMAS[:, None]
-    c_skip, c_out, c_in, c_noise = (c[:, None] for c in pre.coefficients(SIGMAS))
+    c_skip, c_out, c_in, c_noise = (c[:, None] for c in pre.scalings(SIGMAS))
     torch.testing.assert_close(c_in * x, sched.precondition_inputs(x, s))
     torch.testing.assert_close(c_noise.flatten(), sched.precondition_noise(SIGMAS))
     torch.testing.assert_close(c_skip * x + c_out * f, sched.precondition_outputs(x, f, s))
@@ -120,7 +120,7 @@ def test_loss_weighting_makes_the_effective_target_unit_variance():
     the drawn ln(sigma) ~ N(P_mean, P_std^2)."""
     p = EdmProcessSpec().build()
     backbone = Zero()
-    den = Denoiser(backbone, p, EdmSpec(sigma_data=SD).build())
+    den = Denoiser(backbone, p, EdmPrecondSpec(sigma_data=SD).build())
     loss_fn = EdmLossSpec(sigma_data=SD).build()
     n = 8192
     x0 = SD * RandomSource.from_seed(1, n).randn(1, 4, 4)

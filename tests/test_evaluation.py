@@ -36,7 +36,7 @@ class HeunLikeSpec(Spec):
     kind: Literal["heun_like"] = "heun_like"
 
     def build(self):
-        def solve(denoise: DenoiseFn, process, x, ts, noise):
+        def solve(denoise: DenoiseFn, process, x, ts, rng):
             for i, (t, s) in enumerate(zip(ts[:-1], ts[1:])):
                 pred = denoise(x, at(t, x))
                 if i < len(ts) - 2:

@@ -128,8 +128,8 @@ def test_rectified_flow_regresses_eps_minus_x0():
     spy = Spy()
     den = Denoiser(spy, process, VelocitySpec().build())
     x0 = torch.randn(512, 3)
-    noise = RandomSource.from_seed(0, 512)
-    loss, _ = RectifiedFlowSpec().build().loss(den, {"x0": x0, "cond": None}, noise, 0)
+    rng = RandomSource.from_seed(0, 512)
+    loss, _ = RectifiedFlowSpec().build().loss(den, {"x0": x0, "cond": None}, rng, 0)
     again = RandomSource.from_seed(0, 512)
     t, eps = process.sample_t(again), again.randn(3)
     torch.testing.assert_close(spy.x, (1 - t)[:, None] * x0 + t[:, None] * eps)
@@ -138,7 +138,7 @@ def test_rectified_flow_regresses_eps_minus_x0():
     loss, _ = paired.loss(den, {"x0": x0, "noise": eps, "cond": None}, RandomSource.from_seed(0, 512), 0)
     torch.testing.assert_close(loss, (eps - x0).pow(2).mean())
     with pytest.raises(ValueError, match="no 'noise' column"):
-        paired.loss(den, {"x0": x0, "cond": None}, noise, 0)
+        paired.loss(den, {"x0": x0, "cond": None}, rng, 0)
 
 
 def test_flow_matching_target_is_lipmans_field():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from components.grids import KarrasSpec, LeadingSpec, LogSnrSpec, QuadraticSpec, TrailingSpec, UniformSpec
-from components.noise import EdmSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
+from components.noise import EdmProcessSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -16,7 +16,7 @@ PROCESSES = {
     "vp_linear": VpLinearSpec(),
     "vp_cosine_cont": VpCosineSpec(timesteps=None),
     "ve": VeSpec(),
-    "edm": EdmSpec(),
+    "edm": EdmProcessSpec(),
     "rectified": RectifiedSpec(),
 }
 GRIDS = {
@@ -56,7 +56,7 @@ def test_uniform_on_rectified_flow_is_n_equal_euler_steps():
 
 def test_karras_is_eq_5_and_edms_sigmas():
     """Karras et al. eq. 5 on the EDM process, and diffusers' EDMEulerScheduler sigmas (karras, rho 7)."""
-    p = EdmSpec().build()
+    p = EdmProcessSpec().build()
     ts = KarrasSpec().build()(p, 18)
     i = torch.arange(18, dtype=torch.float64)
     want = (80 ** (1 / 7) + i / 17 * (0.002 ** (1 / 7) - 80 ** (1 / 7))) ** 7
@@ -114,7 +114,7 @@ def test_grid_errors_name_the_problem():
     with pytest.raises(ValueError, match="finite log_snr_min"):
         LogSnrSpec().build()(rf, 10)
     with pytest.raises(ValueError, match="exceeds the process"):
-        KarrasSpec(sigma_max=500.0).build()(EdmSpec().build(), 10)
+        KarrasSpec(sigma_max=500.0).build()(EdmProcessSpec().build(), 10)
     with pytest.raises(ValueError, match="exceeds the 1000 steps"):
         QuadraticSpec().build()(VpLinearSpec().build(), 1001)
     with pytest.raises(ValueError, match="past the chain"):

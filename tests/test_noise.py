@@ -73,8 +73,8 @@ def test_add_noise_and_sample_t(name):
     from components.random import RandomSource
 
     p = PROCESSES[name].build()
-    noise = RandomSource.from_seed(0, 4096)
-    t = p.sample_t(noise)
+    rng = RandomSource.from_seed(0, 4096)
+    t = p.sample_t(rng)
     assert t.shape == (4096,) and t.min() >= p.t_min - 1e-9 and t.max() <= p.t_max + 1e-9
     if p.timesteps is not None:
         k = t * p.timesteps

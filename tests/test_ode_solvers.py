@@ -14,7 +14,7 @@ from torch import nn
 
 from components.denoisers import Prediction, bind, count_calls
 from components.grids import KarrasSpec, LogSnrSpec, UniformSpec
-from components.noise import EdmSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
+from components.noise import EdmProcessSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
 from components.random import RandomSource
 from components.solvers import (
     DdimSpec, DdpmSpec, Dpmpp2mSpec, EulerMaruyamaSpec, EulerSpec, HeunSpec, RfEulerSpec, Rk45Spec,
@@ -30,7 +30,7 @@ PROCESSES = {
     "vp_linear": VpLinearSpec(),
     "vp_cosine": VpCosineSpec(timesteps=None),
     "ve": VeSpec(),
-    "edm": EdmSpec(),
+    "edm": EdmProcessSpec(),
     "rectified": RectifiedSpec(),
     "fm_sigma_min": RectifiedSpec(sigma_min=0.01),
 }
@@ -85,8 +85,8 @@ def test_stochastic_solvers_reproduce_mean_and_covariance(process, solver):
     spec, steps = STOCHASTIC[solver]
     den = GaussianDenoiser(p, MU, S)
     n = 10000
-    noise = RandomSource.from_seed(2, n)
-    x = spec.build()(bind(den), p, p.prior((4,), noise).double(), grid_for(process, p, steps), noise)
+    rng = RandomSource.from_seed(2, n)
+    x = spec.build()(bind(den), p, p.prior((4,), rng).double(), grid_for(process, p, steps), rng)
     cov = torch.cov(x.T)
     mean_err = ((x.mean(0) - MU).abs() / S).max().item()
     cov_err = ((cov - torch.diag(S**2)).abs() / (S[:, None] * S[None, :])).max().item()
@@ -111,7 +111,7 @@ def errors(solver_spec, process, grid, steps_list, seed=1):
     "solver,order", [(EulerSpec(), 1), (HeunSpec(), 2), (Dpmpp2mSpec(), 2)], ids=["euler", "heun", "dpmpp_2m"]
 )
 @pytest.mark.parametrize(
-    "process,grid", [(EdmSpec(), KarrasSpec()), (VpLinearSpec(timesteps=None), LogSnrSpec())], ids=["edm-karras", "vp-logsnr"]
+    "process,grid", [(EdmProcessSpec(), KarrasSpec()), (VpLinearSpec(timesteps=None), LogSnrSpec())], ids=["edm-karras", "vp-logsnr"]
 )
 def test_order_of_convergence(solver, order, process, grid):
     """Halving the step divides the error by 2^order (Euler 2, Heun and DPM-Solver++(2M) 4)."""
@@ -124,7 +124,7 @@ def test_order_of_convergence(solver, order, process, grid):
 
 @pytest.mark.parametrize("process", ["vp_linear_cont", "edm", "rectified"])
 def test_rk45_matches_the_analytic_pf_ode(process):
-    p = {"vp_linear_cont": VpLinearSpec(timesteps=None), "edm": EdmSpec(), "rectified": RectifiedSpec()}[process].build()
+    p = {"vp_linear_cont": VpLinearSpec(timesteps=None), "edm": EdmProcessSpec(), "rectified": RectifiedSpec()}[process].build()
     den = GaussianDenoiser(p, MU, S)
     z = RandomSource.from_seed(3, 64).randn(4).double()
     ts = torch.tensor([p.t_max, 0.0], dtype=torch.float64)
@@ -164,11 +164,11 @@ def test_guidance_reaches_the_guided_gaussian_through_every_solver(solver):
     spec, steps = {**DETERMINISTIC, **STOCHASTIC}[solver]
     steps = min(steps, 100)  # coarser than above: the allowance below is wider
     n = 2000
-    noise = RandomSource.from_seed(4, n)
+    rng = RandomSource.from_seed(4, n)
     rows = []
     fn = bind(lambda x, t, c: (rows.append(len(x)), den(x, t, c))[1],
               {"label": torch.zeros(n, dtype=torch.long)}, {"label": torch.ones(n, dtype=torch.long)}, guidance=w)
-    x = spec.build()(fn, p, p.prior((4,), noise).double(), LogSnrSpec().build()(p, steps), noise)
+    x = spec.build()(fn, p, p.prior((4,), rng).double(), LogSnrSpec().build()(p, steps), rng)
     target = (1 + w) * MU - w * mu_null
     assert set(rows) == {2 * n}
     assert ((x.mean(0) - target).abs() / S).max() < 5 / math.sqrt(n) + 0.03, (x.mean(0), target)
@@ -177,7 +177,7 @@ def test_guidance_reaches_the_guided_gaussian_through_every_solver(solver):
 
 def test_nfe_per_solver():
     """Heun: 2N - 1 (EDM: 18 steps = 35 NFE); Euler, DPM-Solver++(2M), DDIM: N."""
-    p = EdmSpec().build()
+    p = EdmProcessSpec().build()
     den = GaussianDenoiser(p, MU, S)
     ts = KarrasSpec().build()(p, 18)
     for spec, nfe in ((HeunSpec(), 35), (EulerSpec(), 18), (Dpmpp2mSpec(), 18), (DdimSpec(), 18)):
@@ -201,19 +201,19 @@ def test_euler_is_ddim_and_rf_euler_on_the_straight_path(process):
 
 
 def test_churn_is_reproducible_per_seed_and_zero_churn_is_deterministic():
-    p = EdmSpec().build()
+    p = EdmProcessSpec().build()
     den = GaussianDenoiser(p, MU, S)
     ts = KarrasSpec().build()(p, 10)
     spec = HeunSpec(s_churn=10.0)
 
     def sample(seeds):
-        noise = RandomSource.from_seeds(seeds)
-        return spec.build()(bind(den), p, p.prior((4,), noise).double(), ts, noise)
+        rng = RandomSource.from_seeds(seeds)
+        return spec.build()(bind(den), p, p.prior((4,), rng).double(), ts, rng)
 
     torch.testing.assert_close(sample([(7, 2)]), sample([(5, 3), (7, 2)])[3:])
     assert not torch.equal(sample([(7, 2)]), sample([(8, 2)]))
-    noise = RandomSource.from_seed(0, 3)
-    x = p.prior((4,), noise).double()
+    rng = RandomSource.from_seed(0, 3)
+    x = p.prior((4,), rng).double()
     a = HeunSpec().build()(bind(den), p, x, ts, RandomSource.from_seed(1, 3))
     b = HeunSpec().build()(bind(den), p, x, ts, RandomSource.from_seed(2, 3))
     torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 from components.denoisers import Denoiser, EpsSpec, bind
-from components.denoisers.edm import EdmSpec
+from components.denoisers.edm import EdmPrecondSpec
 from components.grids import KarrasSpec, LeadingSpec, QuadraticSpec, TrailingSpec, UniformSpec
-from components.noise import EdmSpec as EdmProcessSpec
+from components.noise import EdmProcessSpec
 from components.noise import VpLinearSpec
 from components.random import RandomSource
 from components.solvers import DdimSpec, Dpmpp2mSpec, EulerSpec, HeunSpec
@@ -169,7 +169,7 @@ def test_euler_with_edm_preconditioning_equals_edmeulerscheduler():
     prediction_type='epsilon' i.e. EDM's F) on the edm process with the EDM preconditioning, 18 steps."""
     process = EdmProcessSpec().build()
     start = 80 * x_T()
-    x0, _ = ours(EulerSpec(), KarrasSpec(), 18, start, process, EdmSpec(sigma_data=0.5).build(), EdmNet())
+    x0, _ = ours(EulerSpec(), KarrasSpec(), 18, start, process, EdmPrecondSpec(sigma_data=0.5).build(), EdmNet())
     sched = diffusers.EDMEulerScheduler(sigma_min=0.002, sigma_max=80.0, sigma_data=0.5, rho=7.0,
                                         sigma_schedule="karras", prediction_type="epsilon")
     sched.set_timesteps(18)

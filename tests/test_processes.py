@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from components.noise import EdmSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
+from components.noise import EdmProcessSpec, RectifiedSpec, VeSpec, VpCosineSpec, VpLinearSpec
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -17,7 +17,7 @@ ALL = {
     "vp_linear_cont": VpLinearSpec(timesteps=None),
     "vp_cosine_cont": VpCosineSpec(timesteps=None),
     "ve": VeSpec(),
-    "edm": EdmSpec(),
+    "edm": EdmProcessSpec(),
     "rectified": RectifiedSpec(),
     "fm_sigma_min": RectifiedSpec(sigma_min=0.1),
 }
@@ -42,7 +42,7 @@ def test_ve_is_song_et_al():
 
 
 def test_edm_time_is_sigma():
-    p = EdmSpec().build()
+    p = EdmProcessSpec().build()
     t = torch.tensor([0.002, 0.5, 80.0], dtype=torch.float64)
     torch.testing.assert_close(p.sigma(t), t)
     torch.testing.assert_close(p.log_snr(t), -2 * t.log())
@@ -116,6 +116,6 @@ def test_invalid_ranges_are_named():
     with pytest.raises(ValidationError, match="sigma_max"):
         VeSpec(sigma_min=1.0, sigma_max=0.5)
     with pytest.raises(ValidationError, match="sigma_max"):
-        EdmSpec(sigma_min=90.0)
+        EdmProcessSpec(sigma_min=90.0)
     with pytest.raises(ValidationError, match="sigma_min"):
         RectifiedSpec(sigma_min=1.0)

@@ -22,10 +22,10 @@ N = 20000
 def run(process_spec, solver_spec, steps, seed=0, n=N):
     process = process_spec.build()
     den = GaussianDenoiser(process, MU, S)
-    noise = RandomSource.from_seed(seed, n)
-    x = process.prior((len(MU),), noise)
+    rng = RandomSource.from_seed(seed, n)
+    x = process.prior((len(MU),), rng)
     ts = UniformSpec().build()(process, steps)
-    return solver_spec.build()(bind(den), process, x, ts, noise)
+    return solver_spec.build()(bind(den), process, x, ts, rng)
 
 
 @pytest.mark.parametrize("process", [VpLinearSpec(), VpCosineSpec(), VpLinearSpec(timesteps=None)], ids=["linear", "cosine", "linear-cont"])
@@ -51,10 +51,10 @@ def test_ddim_converges_to_the_probability_flow_ode_at_first_order():
     den = GaussianDenoiser(process, MU, S)
     errs = []
     for steps in (100, 200, 400):
-        noise = RandomSource.from_seed(1, 256)
+        rng = RandomSource.from_seed(1, 256)
         ts = UniformSpec().build()(process, steps)
-        z = noise.randn(len(MU)).double()
-        x0 = DdimSpec().build()(bind(den), process, den.ode_solution(z, ts[0]), ts, noise)
+        z = rng.randn(len(MU)).double()
+        x0 = DdimSpec().build()(bind(den), process, den.ode_solution(z, ts[0]), ts, rng)
         errs.append((x0 - den.ode_solution(z, torch.tensor(0.0))).abs().max().item())
     ratios = [errs[0] / errs[1], errs[1] / errs[2]]
     assert all(1.8 < r < 2.2 for r in ratios), (errs, ratios)
@@ -71,8 +71,8 @@ def test_same_seed_same_samples_and_groups_are_independent():
     ts = UniformSpec().build()(process, 20)
 
     def sample(seeds):
-        noise = RandomSource.from_seeds(seeds)
-        return DdimSpec(eta=1.0).build()(bind(den), process, process.prior((4,), noise), ts, noise)
+        rng = RandomSource.from_seeds(seeds)
+        return DdimSpec(eta=1.0).build()(bind(den), process, process.prior((4,), rng), ts, rng)
 
     alone = sample([(7, 2)])
     batched = sample([(5, 3), (7, 2)])

@@ -91,8 +91,8 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 
     real = dsm.Dsm.loss
 
-    def poisoned(self, denoiser, batch, noise, step):
-        loss, m = real(self, denoiser, batch, noise, step)
+    def poisoned(self, denoiser, batch, rng, step):
+        loss, m = real(self, denoiser, batch, rng, step)
         return (loss * float("nan") if step == 2 else loss), m
 
     monkeypatch.setattr(dsm.Dsm, "loss", poisoned)

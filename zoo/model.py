@@ -83,7 +83,7 @@ class Model(nn.Module):
         seed: int | Sequence[int] = 0,
         labels: int | Sequence[int] | Tensor | None = None,
         prompt: str | Sequence[str] | None = None,
-        noise: RandomSource | None = None,
+        rng: RandomSource | None = None,
         progress: bool = False,
         return_latents: bool = False,
     ) -> Tensor:
@@ -102,13 +102,13 @@ class Model(nn.Module):
         if w < 0:
             raise ValueError(f"guidance must be >= 0, got {w}")
         device = self.device
-        if noise is None:
+        if rng is None:
             seeds = [(int(seed), n)] if isinstance(seed, numbers.Integral) else [(int(s), 1) for s in seed]
             if len(seeds) != n and not isinstance(seed, numbers.Integral):
                 raise ValueError(f"got {len(seeds)} seeds for n={n} samples (give one seed, or one per sample)")
-            noise = RandomSource.from_seeds(seeds, device)
-        if noise.n != n:
-            raise ValueError(f"noise source has {noise.n} rows for n={n} samples")
+            rng = RandomSource.from_seeds(seeds, device)
+        if rng.n != n:
+            raise ValueError(f"random source has {rng.n} rows for n={n} samples")
 
         if w and not self.conditioner.guidable:
             raise ValueError(f"guidance={w} needs a conditional model; {self.name} is unconditional")
@@ -119,11 +119,11 @@ class Model(nn.Module):
         self.eval()
         try:
             ts = grid_spec.build()(self.process, steps)
-            x = self.process.prior(self.latent_shape, noise).to(device)
+            x = self.process.prior(self.latent_shape, rng).to(device)
             fn = bind(self.denoiser, cond, null, w, cfg.clip_x0)
             bar = tqdm(desc=f"sample {self.name}", unit="nfe", disable=not progress, leave=False, mininterval=1.0)
             fn, _ = count_calls(fn, bar.update)
-            x0 = solver_spec.build()(fn, self.process, x, ts, noise)
+            x0 = solver_spec.build()(fn, self.process, x, ts, rng)
             bar.close()
         finally:
             self.train(was_training)

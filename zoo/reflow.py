@@ -94,19 +94,19 @@ def iter_pairs(
     try:
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
-            noise = RandomSource.from_seeds([(derive_seed(seed, "reflow", i), 1) for i in idx], device)
-            eps = noise.randn(*model.latent_shape)
+            rng = RandomSource.from_seeds([(derive_seed(seed, "reflow", i), 1) for i in idx], device)
+            eps = rng.randn(*model.latent_shape)
             cond = null = None
             batch: dict[str, Tensor] = {}
             if kind == "class_label":
-                labels = noise.randint(0, model.conditioner.num_classes)
+                labels = rng.randint(0, model.conditioner.num_classes)
                 batch["label"] = labels.cpu()
                 cond = model.conditioner.request(len(idx), labels=labels)
                 cond = {k: v.to(device) for k, v in cond.items()}
                 if cfg.guidance:
                     null = {k: v.to(device) for k, v in model.conditioner.null(len(idx)).items()}
             fn = bind(model.denoiser, cond, null, cfg.guidance, cfg.clip_x0)
-            x0 = run_solver(fn, process, eps * process.prior_std(), ts, noise)
+            x0 = run_solver(fn, process, eps * process.prior_std(), ts, rng)
             bar.update(len(idx))
             yield {"noise": eps.float().cpu(), "latent": x0.float().cpu(), **batch}
     finally:

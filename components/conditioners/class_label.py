@@ -42,13 +42,13 @@ class ClassLabel(nn.Module):
             raise ValueError(f"labels must be in [0, {self.num_classes}); got {bad.unique().tolist()}")
         return labels
 
-    def forward(self, batch: dict[str, Any], noise: RandomSource | None = None) -> dict[str, Tensor]:
+    def forward(self, batch: dict[str, Any], rng: RandomSource | None = None) -> dict[str, Tensor]:
         """Training condition from a data batch; labels dropped to null with drop_prob."""
         if "label" not in batch:
             raise ValueError("class-conditional training needs a 'label' column in the data")
         labels = self._check(batch["label"])
-        if noise is not None and self.spec.drop_prob > 0:
-            drop = noise.rand().to(labels.device) < self.spec.drop_prob
+        if rng is not None and self.spec.drop_prob > 0:
+            drop = rng.rand().to(labels.device) < self.spec.drop_prob
             labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
         return {"label": labels}
 

@@ -20,7 +20,7 @@ class UnconditionalSpec(Spec):
 class Unconditional(nn.Module):
     guidable = False
 
-    def forward(self, batch: dict[str, Any], noise: RandomSource | None = None) -> None:
+    def forward(self, batch: dict[str, Any], rng: RandomSource | None = None) -> None:
         return None
 
     def request(self, n: int, labels: Any = None, prompt: Any = None) -> None:

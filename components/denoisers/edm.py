@@ -31,7 +31,7 @@ from components.spec import Spec
 from components.util import bcast
 
 
-class EdmSpec(Spec):
+class EdmPrecondSpec(Spec):
     kind: Literal["edm"] = "edm"
     sigma_data: float = Field(0.5, gt=0, description="std of the data (EDM: 0.5 for images in [-1, 1])")
     preconditioning: Literal["edm", "vp", "ve"] = Field("edm", description="the row of EDM Table 1")
@@ -39,12 +39,12 @@ class EdmSpec(Spec):
     vp_beta_min: float = Field(0.1, gt=0, description="beta_min of the vp row's c_noise")
     vp_m: int = Field(1000, ge=2, description="M of the vp row's c_noise = (M - 1) t")
 
-    def build(self) -> Edm:
-        return Edm(self)
+    def build(self) -> EdmPrecond:
+        return EdmPrecond(self)
 
 
-class Edm:
-    def __init__(self, spec: EdmSpec):
+class EdmPrecond:
+    def __init__(self, spec: EdmPrecondSpec):
         self.spec = spec
         self.sd = spec.sigma_data
         self.row = spec.preconditioning
@@ -53,7 +53,7 @@ class Edm:
         b_d, b_min = self.spec.vp_beta_d, self.spec.vp_beta_min
         return ((b_min**2 + 2 * b_d * torch.log1p(s**2)).sqrt() - b_min) / b_d
 
-    def coefficients(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def scalings(self, s: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """(c_skip, c_out, c_in, c_noise) of Table 1 at EDM sigmas ``s``."""
         s = torch.as_tensor(s, dtype=torch.float64)
         one = torch.ones_like(s)
@@ -71,11 +71,11 @@ class Edm:
 
     def precondition(self, x: Tensor, t: Tensor, process: NoiseProcess) -> tuple[Tensor, Tensor]:
         a, sg, s = self._alpha_sigma(x, t, process)
-        c_noise = self.coefficients(s)[3].to(torch.float32)
+        c_noise = self.scalings(s)[3].to(torch.float32)
         if self.row == "edm":
             scale = 1 / (sg**2 + a**2 * self.sd**2).sqrt()  # c_in / alpha
         else:
-            scale = self.coefficients(s)[2] / a
+            scale = self.scalings(s)[2] / a
         return bcast(scale, x) * x, c_noise
 
     def to_x0_eps(self, out: Tensor, x: Tensor, t: Tensor, process: NoiseProcess) -> tuple[Tensor, Tensor]:
@@ -84,7 +84,7 @@ class Edm:
             den = sg**2 + a**2 * self.sd**2
             skip, c_out = self.sd**2 * a / den, sg * self.sd / den.sqrt()  # c_skip / alpha, c_out
         else:
-            c_skip, c_out, _, _ = self.coefficients(s)
+            c_skip, c_out, _, _ = self.scalings(s)
             skip = c_skip / a
         x0 = bcast(skip, x) * x + bcast(c_out, x) * out
         eps = (x - bcast(a, x) * x0) / bcast(sg, x).clamp_min(1e-12)

@@ -5,17 +5,17 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.noise.base import NoiseProcess, VPProcess
-from components.noise.edm import Edm, EdmSpec
+from components.noise.edm import EdmProcess, EdmProcessSpec
 from components.noise.rectified import Rectified, RectifiedSpec
 from components.noise.ve import Ve, VeSpec
 from components.noise.vp_cosine import VpCosine, VpCosineSpec
 from components.noise.vp_linear import VpLinear, VpLinearSpec
 
 NoiseSpec = Annotated[
-    Union[VpLinearSpec, VpCosineSpec, VeSpec, EdmSpec, RectifiedSpec], Field(discriminator="kind")
+    Union[VpLinearSpec, VpCosineSpec, VeSpec, EdmProcessSpec, RectifiedSpec], Field(discriminator="kind")
 ]
 
 __all__ = [
-    "Edm", "EdmSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve", "VeSpec",
+    "EdmProcess", "EdmProcessSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve", "VeSpec",
     "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec",
 ]

@@ -71,23 +71,15 @@ class NoiseProcess(ABC):
         """Standard deviation of the prior x_T ~ N(0, prior_std^2 I)."""
         return 1.0
 
-    def prior(self, shape: tuple[int, ...], noise: RandomSource) -> Tensor:
+    def prior(self, shape: tuple[int, ...], rng: RandomSource) -> Tensor:
         """x_T for each of the noise source's rows; ``shape`` is one sample's (C, H, W)."""
-        return noise.randn(*shape) * self.prior_std()
+        return rng.randn(*shape) * self.prior_std()
 
-    def sample_t(self, noise: RandomSource) -> Tensor:
+    def sample_t(self, rng: RandomSource) -> Tensor:
         """Training times: uniform over {1/T, ..., 1} when discrete, else U(t_min, t_max)."""
         if self.timesteps is not None:
-            return noise.randint(1, self.timesteps + 1).float() / self.timesteps
-        return self.t_min + (self.t_max - self.t_min) * noise.rand()
-
-    def discretize(self, t: Tensor) -> Tensor:
-        """Snap times onto the discrete chain (identity for continuous processes); 0 stays 0."""
-        if self.timesteps is None:
-            return t
-        T = self.timesteps
-        snapped = (t * T).round().clamp(1, T) / T
-        return torch.where(t <= 0, torch.zeros_like(t), snapped)
+            return rng.randint(1, self.timesteps + 1).float() / self.timesteps
+        return self.t_min + (self.t_max - self.t_min) * rng.rand()
 
     def model_time(self, t: Tensor) -> Tensor:
         """The noise input c_noise a plain backbone is conditioned on (parameterizations such

@@ -23,23 +23,23 @@ from components.random import RandomSource
 from components.spec import Spec
 
 
-class EdmSpec(Spec):
+class EdmProcessSpec(Spec):
     kind: Literal["edm"] = "edm"
     sigma_min: float = Field(0.002, gt=0, description="smallest sigma = t sampled from")
     sigma_max: float = Field(80.0, gt=0, description="largest sigma = t, the prior's std")
 
     @model_validator(mode="after")
-    def _ordered(self) -> EdmSpec:
+    def _ordered(self) -> EdmProcessSpec:
         if self.sigma_max <= self.sigma_min:
             raise ValueError(f"sigma_max ({self.sigma_max}) must exceed sigma_min ({self.sigma_min})")
         return self
 
-    def build(self) -> Edm:
-        return Edm(self)
+    def build(self) -> EdmProcess:
+        return EdmProcess(self)
 
 
-class Edm(NoiseProcess):
-    def __init__(self, spec: EdmSpec):
+class EdmProcess(NoiseProcess):
+    def __init__(self, spec: EdmProcessSpec):
         self.spec = spec
         self.t_min, self.t_max = spec.sigma_min, spec.sigma_max
 
@@ -64,9 +64,9 @@ class Edm(NoiseProcess):
     def prior_std(self) -> float:
         return self.t_max
 
-    def sample_t(self, noise: RandomSource) -> Tensor:
+    def sample_t(self, rng: RandomSource) -> Tensor:
         lo, hi = math.log(self.t_min), math.log(self.t_max)
-        return (lo + (hi - lo) * noise.rand()).exp()
+        return (lo + (hi - lo) * rng.rand()).exp()
 
     def model_time(self, t: Tensor) -> Tensor:
         return t.double().log().div(4).to(t.dtype)

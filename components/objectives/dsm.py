@@ -45,12 +45,12 @@ class Dsm(Objective):
         return {"eps": clipped / snr, "x0": clipped, "v": clipped / (snr + 1)}[self.spec.target]
 
     def loss(
-        self, denoiser: Denoiser, batch: dict[str, Any], noise: RandomSource, step: int
+        self, denoiser: Denoiser, batch: dict[str, Any], rng: RandomSource, step: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         x0 = batch["x0"]
         process = denoiser.process
-        t = process.sample_t(noise).to(x0.device)
-        eps = noise.randn(*x0.shape[1:]).to(x0)
+        t = process.sample_t(rng).to(x0.device)
+        eps = rng.randn(*x0.shape[1:]).to(x0)
         x_t = process.add_noise(x0, eps, t)
         pred = denoiser(x_t, t, batch.get("cond"))
         a, s = bcast(process.alpha(t), x0), bcast(process.sigma(t), x0)

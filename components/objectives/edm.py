@@ -24,18 +24,18 @@ from components.random import RandomSource
 from components.spec import Spec
 
 
-class EdmSpec(Spec):
+class EdmLossSpec(Spec):
     kind: Literal["edm"] = "edm"
     p_mean: float = Field(-1.2, description="mean of ln(sigma)")
     p_std: float = Field(1.2, gt=0, description="std of ln(sigma)")
     sigma_data: float = Field(0.5, gt=0, description="as in the EDM preconditioning")
 
-    def build(self) -> Edm:
-        return Edm(self)
+    def build(self) -> EdmLoss:
+        return EdmLoss(self)
 
 
-class Edm(Objective):
-    def __init__(self, spec: EdmSpec):
+class EdmLoss(Objective):
+    def __init__(self, spec: EdmLossSpec):
         super().__init__()
         self.spec = spec
 
@@ -44,13 +44,13 @@ class Edm(Objective):
         return (s**2 + sd**2) / (s * sd) ** 2
 
     def loss(
-        self, denoiser: Denoiser, batch: dict[str, Any], noise: RandomSource, step: int
+        self, denoiser: Denoiser, batch: dict[str, Any], rng: RandomSource, step: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         x0 = batch["x0"]
         process = denoiser.process
-        s = (self.spec.p_mean + self.spec.p_std * noise.randn()).exp().double()
+        s = (self.spec.p_mean + self.spec.p_std * rng.randn()).exp().double()
         t = process.t_from_ve_sigma(s).float().to(x0.device)
-        eps = noise.randn(*x0.shape[1:]).to(x0)
+        eps = rng.randn(*x0.shape[1:]).to(x0)
         x_t = process.add_noise(x0, eps, t)
         pred = denoiser(x_t, t, batch.get("cond"))
         mse = (pred.x0.float() - x0.float()).pow(2).flatten(1).mean(1)

@@ -49,11 +49,11 @@ class FlowMatching(Objective):
         self.spec = spec
 
     def loss(
-        self, denoiser: Denoiser, batch: dict[str, Any], noise: RandomSource, step: int
+        self, denoiser: Denoiser, batch: dict[str, Any], rng: RandomSource, step: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         x0 = batch["x0"]
-        t = denoiser.process.sample_t(noise).to(x0.device)
-        eps = noise.randn(*x0.shape[1:]).to(x0)
+        t = denoiser.process.sample_t(rng).to(x0.device)
+        eps = rng.randn(*x0.shape[1:]).to(x0)
         if self.spec.coupling == "ot":
             eps = eps[ot_pairing(x0, eps)]
         mse = velocity_loss(denoiser, x0, eps, t, batch.get("cond"))

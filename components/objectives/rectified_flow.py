@@ -64,10 +64,10 @@ def paired_noise(batch: dict[str, Any], objective: str) -> Tensor:
             f"objective {objective} needs reflow pairs, but the data has no 'noise' column "
             f"(columns: {sorted(k for k in batch if k != 'cond')}); make pairs with `zoo reflow`"
         )
-    noise = batch["noise"].to(batch["x0"])
-    if noise.shape != batch["x0"].shape:
-        raise ValueError(f"objective {objective}: 'noise' column {tuple(noise.shape)} does not match x0 {tuple(batch['x0'].shape)}")
-    return noise
+    eps = batch["noise"].to(batch["x0"])
+    if eps.shape != batch["x0"].shape:
+        raise ValueError(f"objective {objective}: 'noise' column {tuple(eps.shape)} does not match x0 {tuple(batch['x0'].shape)}")
+    return eps
 
 
 class RectifiedFlow(Objective):
@@ -76,13 +76,13 @@ class RectifiedFlow(Objective):
         self.spec = spec
 
     def loss(
-        self, denoiser: Denoiser, batch: dict[str, Any], noise: RandomSource, step: int
+        self, denoiser: Denoiser, batch: dict[str, Any], rng: RandomSource, step: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         x0 = batch["x0"]
-        t = denoiser.process.sample_t(noise).to(x0.device)
+        t = denoiser.process.sample_t(rng).to(x0.device)
         if self.spec.coupling == "pairs":
             eps = paired_noise(batch, "rectified_flow (coupling: pairs)")
         else:
-            eps = noise.randn(*x0.shape[1:]).to(x0)
+            eps = rng.randn(*x0.shape[1:]).to(x0)
         mse = velocity_loss(denoiser, x0, eps, t, batch.get("cond"))
         return mse.mean(), {"mse": mse.mean().detach()}

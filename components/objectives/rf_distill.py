@@ -46,11 +46,11 @@ class RfDistill(Objective):
         self.spec = spec
 
     def loss(
-        self, denoiser: Denoiser, batch: dict[str, Any], noise: RandomSource, step: int
+        self, denoiser: Denoiser, batch: dict[str, Any], rng: RandomSource, step: int
     ) -> tuple[Tensor, dict[str, Tensor]]:
         x0 = batch["x0"]
         times = Uniform()(denoiser.process, self.spec.steps)[:-1].float().to(x0.device)
-        t = times[noise.randint(0, self.spec.steps).to(x0.device)]
+        t = times[rng.randint(0, self.spec.steps).to(x0.device)]
         eps = paired_noise(batch, f"rf_distill (steps: {self.spec.steps})")
         mse = velocity_loss(denoiser, x0, eps, t, batch.get("cond"))
         return mse.mean(), {"mse": mse.mean().detach()}

@@ -1,4 +1,4 @@
-"""Solvers: stateless (denoise, process, x_T, grid, noise) -> x_0. kind = file stem."""
+"""Solvers: stateless (denoise, process, x_T, grid, rng) -> x_0. kind = file stem."""
 
 from typing import Annotated, Union
 

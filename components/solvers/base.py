@@ -1,9 +1,9 @@
 """The solver contract: a stateless function
 
-    (denoise, process, x_T, time grid, noise) -> x_0
+    (denoise, process, x_T, time grid, rng) -> x_0
 
 ``denoise`` is a DenoiseFn with condition, guidance and clipping already bound in
-(components.denoisers.bind), ``ts`` is the grid of decreasing times ending at 0, ``noise`` the
+(components.denoisers.bind), ``ts`` is the grid of decreasing times ending at 0, ``rng`` the
 RandomSource of the samples (per-request seeds). Solvers keep no state between calls.
 """
 
@@ -22,11 +22,11 @@ from components.random import RandomSource
 
 class Solver(Protocol):
     def __call__(
-        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource
     ) -> Tensor: ...
 
 
-def coefficients(process: NoiseProcess, t: Tensor) -> tuple[float, float]:
+def alpha_sigma(process: NoiseProcess, t: Tensor) -> tuple[float, float]:
     """(alpha(t), sigma(t)) of one scalar time, in float64. A grid's final t = 0 is the clean
     end: sigma = 0 there even where the process's sigma(0) is not (VE's sigma_min), which makes
     the last step land on x0_hat (Song et al.'s final denoising step)."""
@@ -59,20 +59,20 @@ class Churn:
         self.s_tmax = math.inf if s_tmax is None else s_tmax
 
     def __call__(
-        self, x: Tensor, t: Tensor, process: NoiseProcess, noise: RandomSource, n_steps: int
+        self, x: Tensor, t: Tensor, process: NoiseProcess, rng: RandomSource, n_steps: int
     ) -> tuple[Tensor, Tensor]:
         if self.s_churn == 0:
             return x, t
-        a, s = coefficients(process, t)
+        a, s = alpha_sigma(process, t)
         sig = ve_sigma(a, s)
         if not (math.isfinite(sig) and self.s_tmin <= sig <= self.s_tmax):
             return x, t
         gamma = min(self.s_churn / n_steps, math.sqrt(2) - 1)
         t_hat = process.t_from_ve_sigma(torch.tensor([sig * (1 + gamma)], dtype=torch.float64))
         t_hat = t_hat.clamp(max=process.t_max).reshape(())
-        a_hat, s_hat = coefficients(process, t_hat)
+        a_hat, s_hat = alpha_sigma(process, t_hat)
         std = self.s_noise * math.sqrt(max(ve_sigma(a_hat, s_hat) ** 2 - sig**2, 0.0))
-        x = a_hat * (x / a + std * noise.randn(*x.shape[1:]).to(x))
+        x = a_hat * (x / a + std * rng.randn(*x.shape[1:]).to(x))
         return x, t_hat.to(t)
 
 

@@ -18,7 +18,7 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, coefficients, transition_var
+from components.solvers.base import at, alpha_sigma, transition_var
 from components.spec import Spec
 
 
@@ -34,12 +34,12 @@ class Ddim:
     def __init__(self, eta: float = 0.0):
         self.eta = eta
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         for t, s in zip(ts[:-1], ts[1:]):
             pred = denoise(x, at(t, x))
-            (a_t, s_t), (a_s, s_s) = coefficients(process, t), coefficients(process, s)
+            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
             c = self.eta * s_s * math.sqrt(transition_var(a_t, s_t, a_s, s_s)) / s_t if s_s > 0 else 0.0
             x = a_s * pred.x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * pred.eps
             if c > 0:
-                x = x + c * noise.randn(*x.shape[1:]).to(x)
+                x = x + c * rng.randn(*x.shape[1:]).to(x)
         return x

@@ -16,7 +16,7 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, coefficients, transition_var
+from components.solvers.base import at, alpha_sigma, transition_var
 from components.spec import Spec
 
 
@@ -32,15 +32,15 @@ class Ddpm:
     def __init__(self, variance: str = "small"):
         self.variance = variance
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         for t, s in zip(ts[:-1], ts[1:]):
             pred = denoise(x, at(t, x))
-            (a_t, s_t), (a_s, s_s) = coefficients(process, t), coefficients(process, s)
+            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
             var_ts = transition_var(a_t, s_t, a_s, s_s)
             mean = (a_t / a_s) * s_s**2 / s_t**2 * x + a_s * var_ts / s_t**2 * pred.x0
             if s_s == 0:
                 x = mean
                 continue
             var = s_s**2 * var_ts / s_t**2 if self.variance == "small" else var_ts
-            x = mean + math.sqrt(var) * noise.randn(*x.shape[1:]).to(x)
+            x = mean + math.sqrt(var) * rng.randn(*x.shape[1:]).to(x)
         return x

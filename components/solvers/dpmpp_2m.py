@@ -23,7 +23,7 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, coefficients
+from components.solvers.base import at, alpha_sigma
 from components.spec import Spec
 
 
@@ -41,10 +41,10 @@ def _lam(a: float, s: float) -> float:
 
 
 class Dpmpp2m:
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         prev_x0, h_prev = None, math.nan
         for t, s in zip(ts[:-1], ts[1:]):
-            (a_t, s_t), (a_s, s_s) = coefficients(process, t), coefficients(process, s)
+            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
             pred = denoise(x, at(t, x))
             if s_s == 0:
                 x = pred.x0

@@ -22,7 +22,7 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import Churn, at, coefficients
+from components.solvers.base import Churn, at, alpha_sigma
 from components.spec import Spec
 
 
@@ -42,11 +42,11 @@ class Euler:
         spec = spec or EulerSpec()
         self.churn = Churn(spec.s_churn, spec.s_tmin, spec.s_tmax, spec.s_noise)
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         n = len(ts) - 1
         for t, s in zip(ts[:-1], ts[1:]):
-            x, t = self.churn(x, t, process, noise, n)
+            x, t = self.churn(x, t, process, rng, n)
             pred = denoise(x, at(t, x))
-            a_s, s_s = coefficients(process, s)
+            a_s, s_s = alpha_sigma(process, s)
             x = a_s * pred.x0 + s_s * pred.eps
         return x

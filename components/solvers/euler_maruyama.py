@@ -23,7 +23,7 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, coefficients, derivative_at
+from components.solvers.base import at, alpha_sigma, derivative_at
 from components.spec import Spec
 
 
@@ -35,14 +35,14 @@ class EulerMaruyamaSpec(Spec):
 
 
 class EulerMaruyama:
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         for t, s in zip(ts[:-1], ts[1:]):
-            (a_t, s_t), (a_s, s_s) = coefficients(process, t), coefficients(process, s)
+            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
             pred = denoise(x, at(t, x))
             if s_s == 0:
                 x = pred.x0
                 continue
-            z = noise.randn(*x.shape[1:]).to(x)
+            z = rng.randn(*x.shape[1:]).to(x)
             if a_t == 0:
                 x = a_s * pred.x0 + s_s * z
                 continue

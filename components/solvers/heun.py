@@ -23,7 +23,7 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import Churn, at, coefficients, ve_sigma
+from components.solvers.base import Churn, at, alpha_sigma, ve_sigma
 from components.spec import Spec
 
 
@@ -43,11 +43,11 @@ class Heun:
         spec = spec or HeunSpec()
         self.churn = Churn(spec.s_churn, spec.s_tmin, spec.s_tmax, spec.s_noise)
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         n = len(ts) - 1
         for t, s in zip(ts[:-1], ts[1:]):
-            x, t = self.churn(x, t, process, noise, n)
-            (a_t, s_t), (a_s, s_s) = coefficients(process, t), coefficients(process, s)
+            x, t = self.churn(x, t, process, rng, n)
+            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
             pred = denoise(x, at(t, x))
             x_next = a_s * pred.x0 + s_s * pred.eps  # Euler: x~ + (s_next - s) eps_hat
             sig_t, sig_s = ve_sigma(a_t, s_t), ve_sigma(a_s, s_s)

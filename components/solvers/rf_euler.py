@@ -31,7 +31,7 @@ class RfEulerSpec(Spec):
 
 
 class RfEuler:
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         for t, s in zip(ts[:-1], ts[1:]):
             pred = denoise(x, at(t, x))
             x = x + float(s - t) * pred.velocity(*derivative_at(process, t))

@@ -47,7 +47,7 @@ class Rk45:
     def __init__(self, spec: Rk45Spec | None = None):
         self.spec = spec or Rk45Spec()
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, noise: RandomSource) -> Tensor:
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
         return self.solve(denoise, process, x, ts)[0]
 
     def solve(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor) -> tuple[Tensor, Rk45Info]:

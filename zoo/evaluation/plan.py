@@ -87,9 +87,9 @@ def count_nfe(solver: BaseModel, grid: BaseModel, process: NoiseProcess, steps: 
         a, s = bcast(process.alpha(t), x), bcast(process.sigma(t), x)
         return Prediction(x, a, s, torch.zeros_like(x), x / s.clamp_min(1e-12))
 
-    noise = RandomSource.from_seed(0, 1)
+    rng = RandomSource.from_seed(0, 1)
     ts = grid.build()(process, steps)
-    solver.build()(stub, process, process.prior((1, 2, 2), noise), ts, noise)
+    solver.build()(stub, process, process.prior((1, 2, 2), rng), ts, rng)
     return calls[0]
 
 
