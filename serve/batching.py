@@ -49,6 +49,7 @@ class Outcome:
     elapsed_s: float
     error: str | None = None
     replica: str = ""
+    status: int = 500  # of an error: 500 a failure on this request, 503 a replica that is not ready
 
 
 def groups(jobs: list[Job], max_images: int) -> list[list[int]]:

@@ -57,6 +57,9 @@ class ModelLimits(BaseModel):
     max_guidance: float
     max_prompt_chars: int
     max_body_bytes: int
+    max_nfe_rows: int = Field(description="compute budget of one request: n x NFE (x2 with guidance) at most this")
+    min_tolerance: float = Field(description="smallest rtol/atol of an adaptive solver")
+    timeout_s: float = Field(description="a request is answered within it or gets a 504")
 
 
 class ModelInfo(BaseModel):
