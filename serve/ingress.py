@@ -229,16 +229,19 @@ class Ingress:
             job = rules.check(req)
         except RequestError as e:
             raise Failure(e.status, f"invalid request for model {name!r}: {e}", e.errors) from None
-        response = self.models[name].generate.remote(job)
+        running = []
         try:
-            out: Outcome = await asyncio.wait_for(response, rules.limits.timeout_s)
+            out: Outcome = await asyncio.wait_for(self._chunked(name, job, rules.limits.chunk_images, running),
+                                                  rules.limits.timeout_s)
         except asyncio.TimeoutError:
-            response.cancel()  # the replica stops the request's work at its next chunk
+            for response in running:  # no further chunk starts; the running one is cancelled
+                response.cancel()
             raise Failure(504, f"model {name!r} did not answer within timeout_s={rules.limits.timeout_s:g} s; "
                                "the request was cancelled (ask for fewer images or steps, or retry later)",
                           headers={"Retry-After": "5"}) from None
         except asyncio.CancelledError:  # the client has gone: stop its work too
-            response.cancel()
+            for response in running:
+                response.cancel()
             raise
         except BackPressureError:
             raise Failure(503, f"model {name!r} is busy: its request queue is full; retry later",
@@ -253,6 +256,24 @@ class Ingress:
         return _respond(name, req, job, out, rules)
 
     # -- helpers --------------------------------------------------------------------------------
+    async def _chunked(self, name: str, job: Job, size: int, running: list) -> Outcome:
+        """The job's chunks one after the other (requests that arrive meanwhile are served
+        between them), joined into one Outcome; the first error ends it."""
+        parts: list[Outcome] = []
+        for chunk in job.chunks(size):
+            response = self.models[name].generate.remote(chunk)
+            running[:] = [response]
+            out = await response
+            if out.error is not None:
+                return out
+            parts.append(out)
+        if len(parts) == 1:
+            return parts[0]
+        import numpy as np
+
+        return Outcome(np.concatenate([p.images for p in parts]), max(p.batch_requests for p in parts),
+                       max(p.batch_images for p in parts), sum(p.elapsed_s for p in parts), replica=parts[-1].replica)
+
     def _find(self, name: str) -> ModelRules:
         if name not in self.rules:
             close = difflib.get_close_matches(name, list(self.rules), n=3, cutoff=0.5)

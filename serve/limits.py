@@ -78,6 +78,7 @@ class ModelRules:
             max_n=limits.max_n, max_steps=max_steps, solvers=solvers, sizes=sizes, max_guidance=limits.max_guidance,
             max_prompt_chars=limits.max_prompt_chars, max_body_bytes=limits.max_body_bytes,
             max_nfe_rows=limits.max_nfe_rows, min_tolerance=limits.min_tolerance, timeout_s=limits.timeout_s,
+            chunk_images=limits.chunk_images,
         )
         return cls(name, spec, resolved)
 

@@ -80,6 +80,10 @@ class Limits(Spec):
     )
     min_tolerance: float = Field(1e-6, gt=0, le=1, description="smallest rtol/atol an adaptive solver may ask for")
     timeout_s: float = Field(120.0, gt=0, description="a request not answered within it is a 504 (and its work is cancelled)")
+    chunk_images: int = Field(
+        4, ge=1, description="a request of more images runs as chunks of this many, one after the other, so requests "
+        "that arrive meanwhile (and /readyz) are served between its chunks; the images do not change",
+    )
 
 
 class ModelOptions(Spec):

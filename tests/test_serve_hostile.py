@@ -139,3 +139,19 @@ def asyncio_run(coro):
     import asyncio
 
     return asyncio.new_event_loop().run_until_complete(coro)
+
+
+@pytest.mark.parametrize("solver", [{"kind": "ddpm", "variance": "small"}, {"kind": "ddim", "eta": 0.0}])
+def test_chunks_of_a_request_make_exactly_its_images(tiny, solver):
+    from serve.batching import run_batch
+
+    whole = Job(n=7, steps=3, solver=json.dumps(solver, sort_keys=True), guidance=0.0, seed=42)
+    parts = whole.chunks(3)
+    assert [(p.n, p.first, p.whole) for p in parts] == [(3, 0, 7), (3, 3, 7), (1, 6, 7)] and whole.chunks(7) == [whole]
+    ref = run_batch(tiny, [whole], 64)[0].images
+    # chunks run alone and batched with another request: the same rows of the same images
+    other = Job(n=2, steps=3, solver=whole.solver, guidance=0.0, seed=5)
+    got = [run_batch(tiny, [p], 64)[0].images for p in parts[:2]] + [run_batch(tiny, [other, parts[2]], 64)[1].images]
+    import numpy as np
+
+    np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5, rtol=0)

@@ -96,3 +96,23 @@ def test_zoo_serve_refuses_a_model_whose_warm_up_is_not_finite(served):
     broken.name = "broken"
     with pytest.raises(zoo.ZooError, match="not finite"):
         zoo.serve(broken, app_name="broken", route_prefix="/broken", resources={"num_cpus": 0.25}, warmup_steps=1)
+
+
+def test_small_requests_and_readyz_are_served_between_the_chunks_of_a_large_one(served):
+    """The bound: a 1-image request waits for at most the chunk running when it arrives
+    (limits.chunk_images = 4 images x NFE rows), not for the whole large request. Shown by order,
+    not by timing: it is answered before a 16-image request sent earlier finishes."""
+    import threading
+    import time
+
+    c = zoo.client(served.url, api_key=KEY)
+    done: list[str] = []
+    big = threading.Thread(target=lambda: done.append(f"big {post(c, 'digits', {'n': 16, 'steps': 250, 'solver': 'ddpm'})[0]}"))
+    big.start()
+    time.sleep(1.0)  # the large request's first chunk is running
+    status, _, _ = c.request("GET", "/readyz")
+    done.append(f"readyz {status}")
+    g = c.generate("digits", n=1, steps=2, seed=1)
+    done.append(f"small {g.images.shape[0]}")
+    big.join()
+    assert done == ["readyz 200", "small 1", "big 200"], done
