@@ -145,6 +145,24 @@ def authorize(authorization: str | None, key: bytes | None) -> None:
                       headers={"WWW-Authenticate": 'Bearer realm="diffusion-zoo"'})
 
 
+def with_limits(schema: dict, rules: dict[str, ModelRules]) -> dict:
+    """The OpenAPI schema with each served model's limits: the generate operation lists them in
+    its description and as ``x-zoo-models`` (name -> limits), and ``{name}`` is an enum of the
+    served names, so a generated client knows the bounds a schema-valid body must also meet."""
+    schema = json.loads(json.dumps(schema))
+    op = schema["paths"]["/v1/models/{name}/generate"]["post"]
+    limits = {name: r.limits.model_dump() for name, r in rules.items()}
+    op["x-zoo-models"] = limits
+    lines = [f"- `{name}`: n <= {lim['max_n']}, steps <= {lim['max_steps']}, n x NFE (x2 with guidance) <= "
+             f"{lim['max_nfe_rows']}, solvers {', '.join(lim['solvers'])}, guidance <= {lim['max_guidance']}, "
+             f"rtol/atol >= {lim['min_tolerance']:g}, timeout {lim['timeout_s']:g} s" for name, lim in limits.items()]
+    op["description"] = "Per-model limits (a body outside them is a 422 naming the field):\n" + "\n".join(lines)
+    for param in op.get("parameters", []):
+        if param.get("name") == "name":
+            param["schema"] = {**param.get("schema", {}), "enum": sorted(rules)}
+    return schema
+
+
 def _validate(body: object) -> GenerateRequest:
     if not isinstance(body, dict):
         raise Failure(422, f"request body must be a JSON object, got {type(body).__name__}")
@@ -186,6 +204,7 @@ class Ingress:
     def __init__(self, rules: dict[str, ModelRules], models: dict[str, DeploymentHandle], options: IngressOptions | None = None):
         self.rules, self.models = rules, models
         self.key = api_key(options)
+        api.openapi_schema = with_limits(api.openapi(), rules)
 
     # -- pages and probes ---------------------------------------------------------------------
     @api.get("/", response_class=HTMLResponse, include_in_schema=False)

@@ -155,3 +155,13 @@ def test_chunks_of_a_request_make_exactly_its_images(tiny, solver):
     import numpy as np
 
     np.testing.assert_allclose(np.concatenate(got), ref, atol=1e-5, rtol=0)
+
+
+def test_the_openapi_schema_carries_each_models_limits(rules):
+    from serve.ingress import api, with_limits
+
+    schema = with_limits(api.openapi(), {"m": rules})
+    op = schema["paths"]["/v1/models/{name}/generate"]["post"]
+    assert op["x-zoo-models"]["m"]["max_n"] == rules.limits.max_n and "m`: n <= 16" in op["description"]
+    assert [p["schema"]["enum"] for p in op["parameters"] if p["name"] == "name"] == [["m"]]
+    assert "x-zoo-models" not in api.openapi()["paths"]["/v1/models/{name}/generate"]["post"]  # a copy
