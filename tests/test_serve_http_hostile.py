@@ -116,3 +116,9 @@ def test_small_requests_and_readyz_are_served_between_the_chunks_of_a_large_one(
     done.append(f"small {g.images.shape[0]}")
     big.join()
     assert done == ["readyz 200", "small 1", "big 200"], done
+
+
+def test_openapi_json_publishes_each_models_limits(served):
+    status, _, blob = zoo.client(served.url).request("GET", "/openapi.json")
+    op = json.loads(blob)["paths"]["/v1/models/{name}/generate"]["post"]
+    assert status == 200 and op["x-zoo-models"]["slow"]["timeout_s"] == 0.001 and op["x-zoo-models"]["digits"]["max_n"] == 16
