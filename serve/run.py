@@ -117,8 +117,7 @@ def serve(*models: Any, host: str | None = None, port: int | None = None, addres
         if address:
             ray.init(address=address, configure_logging=False)
         else:
-            # the embedded cluster needs no port beyond loopback
-            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False, _node_ip_address="127.0.0.1")
+            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
     elif address:
         warnings.warn(f"this process is already connected to a Ray cluster; address={address!r} is ignored", stacklevel=2)
     running = _http_options()
