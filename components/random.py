@@ -25,13 +25,16 @@ def derive_seed(*parts: int | str) -> int:
 class RandomSource:
     def __init__(
         self,
-        groups: Sequence[tuple[torch.Generator, int]],
+        groups: Sequence[tuple[torch.Generator, int] | tuple[torch.Generator, int, slice]],
         rows: slice | None = None,
     ):
+        """``groups``: (generator, rows) pairs, or (generator, rows drawn, rows kept) triples: a
+        group that draws all ``rows drawn`` of its stream and keeps a slice (a chunk of a large
+        request gets exactly the noise of its rows in the whole request)."""
         if not groups:
             raise ValueError("RandomSource needs at least one (generator, rows) group")
-        self.groups = list(groups)
-        self.total = sum(n for _, n in self.groups)
+        self.groups = [(g[0], g[1], g[2] if len(g) > 2 else slice(0, g[1])) for g in groups]
+        self.total = sum(len(range(*keep.indices(n))) for _, n, keep in self.groups)
         self.rows = rows or slice(0, self.total)
         self.n = len(range(*self.rows.indices(self.total)))
 
@@ -41,14 +44,18 @@ class RandomSource:
 
     @classmethod
     def from_seeds(
-        cls, seeds: Sequence[tuple[int, int]], device: torch.device | str = "cpu"
+        cls, seeds: Sequence[tuple[int, ...]], device: torch.device | str = "cpu"
     ) -> RandomSource:
         """One generator per (seed, rows) pair, e.g. one per request in a served batch."""
         groups = []
-        for seed, n in seeds:
+        for seed, n, *chunk in seeds:  # (seed, rows) or (seed, rows, first row, rows of the whole stream)
             g = torch.Generator(device=torch.device(device))
             g.manual_seed(int(seed))
-            groups.append((g, int(n)))
+            if chunk:
+                start, whole = int(chunk[0]), int(chunk[1])
+                groups.append((g, whole, slice(start, start + int(n))))
+            else:
+                groups.append((g, int(n)))
         return cls(groups)
 
     @classmethod
@@ -67,7 +74,7 @@ class RandomSource:
         return cls([(g, global_batch)], rows=rows)
 
     def _draw(self, fn, shape: Sequence[int], **kw) -> Tensor:
-        parts = [fn((n, *shape), generator=g, device=g.device, **kw) for g, n in self.groups]
+        parts = [fn((n, *shape), generator=g, device=g.device, **kw)[keep] for g, n, keep in self.groups]
         return torch.cat(parts)[self.rows]
 
     def randn(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:

@@ -39,7 +39,7 @@ from typing import Any, Literal
 import fsspec
 import numpy as np
 import torch
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, field_validator
 
 from components.random import RandomSource, derive_seed
 from components.spec import Spec
@@ -51,9 +51,17 @@ FORMAT = "zoo-shards/parquet-1"
 
 
 class ShardInfo(Spec):
-    name: str
+    name: str = Field(description="file name inside the shard set's folder (no '/', '..', scheme or absolute path)")
     rows: int = Field(ge=0)
     bytes: int = Field(ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _inside(cls, name: str) -> str:
+        """Names in an index never leave the shard set: ``../x``, ``/etc/x``, ``s3://...`` are refused."""
+        if not name or name in (".", "..") or "/" in name or "\\" in name or ":" in name or name.startswith("~"):
+            raise ValueError(f"shard name {name!r} must be a plain file name inside the shard set's folder")
+        return name
 
 
 class ShardIndex(Spec):

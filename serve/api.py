@@ -12,8 +12,9 @@ def serve(*models: Any, **kwargs: Any):
     return _serve(*models, **kwargs)
 
 
-def client(url: str, timeout: float = 120.0):
-    """A client of a served zoo at ``url`` (e.g. http://127.0.0.1:8000): models(), generate(), ..."""
+def client(url: str, timeout: float = 120.0, api_key: str | None = None):
+    """A client of a served zoo at ``url`` (e.g. http://127.0.0.1:8000): models(), generate(), ...
+    ``api_key``: the server's key, if it has one (default: the ZOO_API_KEY variable)."""
     from serve.client import Client
 
-    return Client(url, timeout=timeout)
+    return Client(url, timeout=timeout, api_key=api_key)

@@ -74,4 +74,4 @@ def compose(options: ServeOptions, sources: list[Source]) -> Application:
         for s in sources
     }
     front = ray_serve.deployment(Ingress).options(**ingress_deployment_options(options.ingress))
-    return front.bind(rules, models)
+    return front.bind(rules, models, options.ingress)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -33,6 +33,15 @@ class Job:
     seed: int
     label: int | None = None
     prompt: str | None = None
+    first: int = 0  # a chunk of a larger request: its rows [first, first + n) of the request's
+    whole: int | None = None  # ``whole`` rows (same seed: the chunk's images are those rows' images)
+
+    def chunks(self, size: int) -> list[Job]:
+        """The request as jobs of at most ``size`` images, in order; together they make exactly
+        its images (each draws the whole request's noise stream and keeps its rows)."""
+        if self.n <= size:
+            return [self]
+        return [replace(self, n=min(size, self.n - i), first=i, whole=self.n) for i in range(0, self.n, size)]
 
     def key(self) -> tuple:
         """Requests with equal keys can share a network call."""
@@ -49,6 +58,7 @@ class Outcome:
     elapsed_s: float
     error: str | None = None
     replica: str = ""
+    status: int = 500  # of an error: 500 a failure on this request, 503 a replica that is not ready
 
 
 def groups(jobs: list[Job], max_images: int) -> list[list[int]]:
@@ -65,7 +75,8 @@ def groups(jobs: list[Job], max_images: int) -> list[list[int]]:
 def sample_group(model: Model, jobs: list[Job]) -> torch.Tensor:
     """One network call for compatible jobs, one generator per job."""
     first = jobs[0]
-    rng = RandomSource.from_seeds([(j.seed, j.n) for j in jobs], model.device)
+    rng = RandomSource.from_seeds([(j.seed, j.n) if j.whole is None else (j.seed, j.n, j.first, j.whole) for j in jobs],
+                                  model.device)
     labels = [j.label for j in jobs for _ in range(j.n)] if first.label is not None else None
     prompt = [j.prompt for j in jobs for _ in range(j.n)] if first.prompt is not None else None
     total = sum(j.n for j in jobs)

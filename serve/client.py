@@ -12,6 +12,7 @@ Errors come back as ServeError with the HTTP status and the fields the server na
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -45,8 +46,10 @@ class Generation:
 
 
 class Client:
-    def __init__(self, url: str, timeout: float = 120.0):
+    def __init__(self, url: str, timeout: float = 120.0, api_key: str | None = None):
+        """``api_key``: sent as ``Authorization: Bearer`` (default: the ZOO_API_KEY variable, if set)."""
         self.url, self.timeout = url.rstrip("/"), timeout
+        self.api_key = api_key if api_key is not None else (os.environ.get("ZOO_API_KEY") or None)
 
     # -- plumbing -------------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, raw: bytes | None = None) -> tuple[int, dict, bytes]:
@@ -54,6 +57,8 @@ class Client:
         req = urllib.request.Request(self.url + path, data=data, method=method)
         if data is not None:
             req.add_header("Content-Type", "application/json")
+        if self.api_key:
+            req.add_header("Authorization", f"Bearer {self.api_key}")
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as r:
                 return r.status, dict(r.headers), r.read()

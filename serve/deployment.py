@@ -4,6 +4,12 @@ generates, batching concurrent compatible requests with ``@serve.batch``.
 A failure inside the model comes back as an Outcome with an error (the ingress answers 5xx);
 it never raises through the replica, so the replica keeps serving.
 
+Readiness means ready: a replica whose load fails deterministically (a CheckpointError,
+SpecError or DataError: the file and the reason) or whose warm-up sample is not finite starts
+but is NOT ready: ``ready()`` says why (so /readyz answers 503 with the reason, and zoo.serve
+raises it at once instead of Serve retrying the same failure), and every request gets a 503
+with that reason. Other load errors (out of memory, a node lost) raise, and Serve retries them.
+
 The network call runs synchronously on Serve's user-code event loop, as in Ray's batching
 examples: Serve keeps its own control loop (request intake, metrics, its watchdog) in another
 thread, and requests that arrive during a call join the next batch. Running the call in a
@@ -25,6 +31,7 @@ from ray import serve as ray_serve
 from serve.batching import Job, Outcome, run_batch
 from serve.options import BatchingOptions
 from serve.source import Source
+from zoo.errors import CheckpointError, DataError, SpecError
 
 
 def _images(items: list[tuple[Job, float]]) -> int:
@@ -40,16 +47,25 @@ class ModelServer:
         device = opts.device
         if device == "auto":
             device = "cuda" if opts.resources.num_gpus > 0 and torch.cuda.is_available() else "cpu"
-        t0 = time.perf_counter()
-        self.model = source.load(device)
-        self.load_s = time.perf_counter() - t0
         self.batching = opts.batching
         self.replica = _replica_id()
+        self.not_ready: str | None = None
+        self.load_s = self.warmup_s = 0.0
+        t0 = time.perf_counter()
+        try:
+            self.model = source.load(device)
+        except (CheckpointError, SpecError, DataError) as e:  # deterministic: a retry fails the same way
+            self.model, self.not_ready = None, f"loading {opts.model!r} failed: {type(e).__name__}: {e}"
+            return
+        self.load_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         if opts.warmup_steps:  # first calls allocate and pick kernels; do it before taking traffic
             steps = min(opts.warmup_steps, source.spec.sampling.steps)
             labels = 0 if hasattr(source.spec.conditioner, "num_classes") else None
-            self.model.sample(1, steps=steps, seed=0, labels=labels)
+            out = self.model.sample(1, steps=steps, seed=0, labels=labels, return_latents=True)
+            if not torch.isfinite(out).all():
+                self.not_ready = (f"the warm-up sample ({steps} steps, seed 0) of {opts.model!r} is not finite "
+                                  "(NaN/inf): the weights or the spec are broken")
         self.warmup_s = time.perf_counter() - t0
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -60,6 +76,8 @@ class ModelServer:
 
     async def generate(self, job: Job) -> Outcome:
         started = time.perf_counter()
+        if self.not_ready is not None:
+            return Outcome(None, 0, 0, 0.0, self.not_ready, self.replica, status=503)
         if self.batching.enabled:
             return await self._batched((job, started))
         return (await self._run([job], [started]))[0]
@@ -76,7 +94,9 @@ class ModelServer:
         return outcomes
 
     def ready(self) -> dict[str, Any]:
-        return {"model": self.name, "replica": self.replica, "device": str(self.model.device),
+        if self.not_ready is not None:
+            return {"ready": False, "model": self.name, "replica": self.replica, "error": self.not_ready}
+        return {"ready": True, "model": self.name, "replica": self.replica, "device": str(self.model.device),
                 "load_s": round(self.load_s, 3), "warmup_s": round(self.warmup_s, 3)}
 
 

@@ -77,6 +77,8 @@ class ModelRules:
         resolved = ModelLimits(
             max_n=limits.max_n, max_steps=max_steps, solvers=solvers, sizes=sizes, max_guidance=limits.max_guidance,
             max_prompt_chars=limits.max_prompt_chars, max_body_bytes=limits.max_body_bytes,
+            max_nfe_rows=limits.max_nfe_rows, min_tolerance=limits.min_tolerance, timeout_s=limits.timeout_s,
+            chunk_images=limits.chunk_images,
         )
         return cls(name, spec, resolved)
 
@@ -104,8 +106,14 @@ class ModelRules:
         steps = s.sampling.steps if req.steps is None else req.steps
         if steps > lim.max_steps:
             bad("steps", f"steps={steps} exceeds this model's limit max_steps={lim.max_steps}")
-        solver = self._solver(req.solver, bad)
         guidance = s.sampling.guidance if req.guidance is None else req.guidance
+        rows = req.n * (2 if guidance else 1)  # guidance runs cond and null as one call of 2n rows
+        solver = self._solver(req.solver, bad, rows)
+        if solver and steps <= lim.max_steps:
+            nfe = _nfe(json.loads(solver), steps)
+            if rows * nfe > lim.max_nfe_rows:
+                bad("n", f"n={req.n} x NFE={nfe}{' x 2 (guidance)' if rows > req.n else ''} = {rows * nfe} network-evaluation "
+                         f"rows exceeds this model's compute budget max_nfe_rows={lim.max_nfe_rows}; ask for fewer images or steps")
         if guidance and kind == "none":
             bad("guidance", f"guidance={guidance} needs a conditional model; {self.name} is unconditional")
         elif guidance > lim.max_guidance:
@@ -130,11 +138,30 @@ class ModelRules:
         seed = secrets.randbelow(MAX_SEED + 1) if req.seed is None else req.seed
         return Job(n=req.n, steps=steps, solver=solver, guidance=float(guidance), seed=seed, label=req.label, prompt=req.prompt)
 
-    def _solver(self, value: str | dict[str, Any] | None, bad) -> str:
-        """The solver as canonical JSON (so equal solvers batch together)."""
+    def _solver(self, value: str | dict[str, Any] | None, bad, rows: int = 1) -> str:
+        """The solver as canonical JSON (so equal solvers batch together). An adaptive solver's
+        max_nfe, when not given, is what the compute budget leaves for ``rows``; given, it must fit."""
+        lim = self.limits
         if value is None:
-            return _canonical(self.spec.sampling.solver.model_dump(mode="json"))
+            body = self.spec.sampling.solver.model_dump(mode="json")
+            if "max_nfe" in body:  # the model's own adaptive default, capped by the budget
+                body.pop("max_nfe")
+            value = body
         body = {"kind": value} if isinstance(value, str) else dict(value)
+        if "max_nfe" in _SOLVER_FIELDS.get(body.get("kind"), ()):
+            cap = max(lim.max_nfe_rows // rows, 1)
+            if "max_nfe" not in body:
+                body["max_nfe"] = max(min(cap, _SOLVER_FIELDS[body["kind"]]["max_nfe"].default), 10)
+            elif isinstance(body["max_nfe"], int) and body["max_nfe"] * rows > lim.max_nfe_rows:
+                bad("solver.max_nfe", f"max_nfe={body['max_nfe']} x {rows} rows exceeds this model's compute budget "
+                                      f"max_nfe_rows={lim.max_nfe_rows} (at most {cap})")
+                return ""
+        for tol in ("rtol", "atol"):
+            v = body.get(tol)
+            if isinstance(v, float | int) and not isinstance(v, bool) and tol in _SOLVER_FIELDS.get(body.get("kind"), ()) \
+                    and v < lim.min_tolerance:
+                bad(f"solver.{tol}", f"{tol}={v:g} is below this model's limit min_tolerance={lim.min_tolerance:g}")
+                return ""
         kind = body.get("kind")
         allowed = ", ".join(self.limits.solvers)
         if kind not in solver_kinds():
@@ -144,13 +171,25 @@ class ModelRules:
             bad("solver", f"solver {kind!r} is not served for {self.name}; allowed: {allowed}")
             return ""
         try:
-            spec = _SOLVERS.validate_python(body)
+            spec = _SOLVERS.validate_python(body, strict=True)  # "0.5" is not a number over HTTP
         except ValidationError as e:
             for err in e.errors():
                 loc = ".".join(str(p) for p in err["loc"][1:])  # drop the union tag
                 bad(f"solver.{loc}" if loc else "solver", err["msg"])
             return ""
         return _canonical(spec.model_dump(mode="json"))
+
+
+_SOLVER_FIELDS = {m.model_fields["kind"].default: m.model_fields for m in typing.get_args(typing.get_args(SolverSpec)[0])}
+
+
+def _nfe(solver: dict[str, Any], steps: int) -> int:
+    """Network evaluations of one sample: an adaptive solver's max_nfe, else steps x the
+    solver's evaluations per step (2 for Heun-type second-order steps, 1 otherwise)."""
+    if "max_nfe" in solver:
+        return int(solver["max_nfe"])
+    model = _SOLVERS.validate_python(solver)
+    return steps * int(getattr(model, "evals_per_step", 1))
 
 
 def _canonical(body: dict[str, Any]) -> str:

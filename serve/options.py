@@ -73,6 +73,17 @@ class Limits(Spec):
     max_guidance: float = Field(20.0, ge=0)
     max_prompt_chars: int = Field(1000, ge=1)
     max_body_bytes: int = Field(65536, ge=256, description="request body size")
+    max_nfe_rows: int = Field(
+        4096, ge=1,
+        description="compute budget of one request in network-evaluation rows: n x NFE (x2 with guidance); "
+        "an adaptive solver's max_nfe is capped to it",
+    )
+    min_tolerance: float = Field(1e-6, gt=0, le=1, description="smallest rtol/atol an adaptive solver may ask for")
+    timeout_s: float = Field(120.0, gt=0, description="a request not answered within it is a 504 (and its work is cancelled)")
+    chunk_images: int = Field(
+        4, ge=1, description="a request of more images runs as chunks of this many, one after the other, so requests "
+        "that arrive meanwhile (and /readyz) are served between its chunks; the images do not change",
+    )
 
 
 class ModelOptions(Spec):
@@ -87,7 +98,8 @@ class ModelOptions(Spec):
     autoscaling: AutoscalingOptions | None = None
     resources: ResourceOptions = ResourceOptions()
     max_ongoing_requests: int = Field(64, ge=1, description="requests one replica takes at once (batching needs > 1)")
-    max_queued_requests: int = Field(-1, ge=-1, description="requests queued per caller before a 503 (-1: no limit)")
+    max_queued_requests: int = Field(
+        32, ge=-1, description="requests queued per caller before a 503 with Retry-After (-1: no limit)")
     batching: BatchingOptions = BatchingOptions()
     limits: Limits = Limits()
     warmup_steps: int = Field(2, ge=0, description="solver steps of the warm-up sample run before a replica is ready")
@@ -110,6 +122,13 @@ class IngressOptions(Spec):
     replicas: int = Field(1, ge=1)
     resources: ResourceOptions = ResourceOptions(num_cpus=0.1)
     max_ongoing_requests: int = Field(256, ge=1)
+    api_key_env: str | None = Field(
+        "ZOO_API_KEY", pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="environment variable (on the ingress replica's node) holding the API key; unset or empty: no key",
+    )
+    api_key_file: str | None = Field(
+        None, description="file (on the ingress replica's node) holding the API key; wins over api_key_env when given",
+    )
 
 
 class ServeOptions(Spec):

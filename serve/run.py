@@ -127,6 +127,7 @@ def serve(*models: Any, host: str | None = None, port: int | None = None, addres
         warnings.warn(f"Serve already runs its HTTP proxy on {running[0]}:{running[1]}; host={host}, port={port} "
                       "are ignored (they are cluster-wide, set when Serve starts)", stacklevel=2)
     ray_serve.run(compose(options, sources), name=options.app_name, route_prefix=options.route_prefix)
+    _raise_if_not_ready(options)
     host, port = _http_options() or (host or "127.0.0.1", port or 8000)
     served = Served(_url(options.route_prefix, host, port), options)
     if blocking:
@@ -136,6 +137,24 @@ def serve(*models: Any, host: str | None = None, port: int | None = None, addres
         except KeyboardInterrupt:
             served.shutdown()
     return served
+
+
+def _raise_if_not_ready(options: ServeOptions) -> None:
+    """Fail fast with the replica's reason (the file and why) when a model started but is not
+    ready (a deterministic load error, a non-finite warm-up): the app is deleted."""
+    from ray import serve as ray_serve
+
+    from serve.app import model_deployment_name
+    from zoo.errors import ZooError
+
+    app = ray_serve.status().applications[options.app_name]
+    names = [d.removeprefix("model-") for d in app.deployments if d.startswith("model-")]
+    for name in names:
+        handle = ray_serve.get_deployment_handle(model_deployment_name(name), options.app_name)
+        state = handle.ready.remote().result(timeout_s=60)
+        if not state.get("ready", True):
+            ray_serve.delete(options.app_name)
+            raise ZooError(f"serving model {name!r}: {state['error']}")
 
 
 def _route_name(name: str) -> str:

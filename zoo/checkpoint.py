@@ -10,21 +10,28 @@ A checkpoint is a folder:
                          and the data position (epoch and batch within it, for streamed shards)
     manifest.json        sha256 and size of each file above, published last
 
-A checkpoint is complete when its manifest is there and every file it lists has the listed size;
-anything else (a write interrupted at any point) is never loaded or resumed from. A file whose
-hash does not match its manifest entry is reported by name. No pickle is ever loaded.
+A checkpoint is complete when its manifest is there, is well-formed ({"step": int, "files":
+{name: {"sha256": str, "bytes": int}}}), and every file it lists has the listed size; anything
+else (a write interrupted at any point, a hand-edited manifest) is never loaded or resumed from,
+and a malformed manifest is named. A file whose hash does not match its manifest entry is
+reported by name. On a local disk, nothing is read through a symlink that leaves the folder (a
+checkpoint folder linked elsewhere, a spec.json linked to a system file): it is named, its
+content never shown. No pickle is ever loaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
 import posixpath
 import re
 from pathlib import Path
 from typing import Any
 
 import fsspec
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
@@ -35,6 +42,34 @@ from zoo.errors import CheckpointError
 MANIFEST = "manifest.json"
 FILES = ("spec.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
 _STEP_DIR = re.compile(r"(?:step_|checkpoint_)(\d+)$")
+log = logging.getLogger(__name__)
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+
+
+class _Manifest(BaseModel):
+    model_config = ConfigDict(strict=True, extra="forbid")
+    step: int = Field(ge=0)
+    files: dict[str, _Entry]
+
+
+def parse_manifest(blob: bytes) -> _Manifest:
+    """The manifest, or ValueError saying what is malformed (field by field): an entry without
+    ``bytes``, an int for an entry, ``files`` as a list, a missing or non-integer ``step``, a
+    file name that is not one of the checkpoint's own files."""
+    try:
+        m = _Manifest.model_validate_json(blob)
+    except ValidationError as e:
+        shown = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}" for err in e.errors()[:5])
+        raise ValueError(f"malformed manifest ({shown})") from None
+    strange = sorted(set(m.files) - set(FILES))
+    if strange:
+        raise ValueError(f"malformed manifest (files: names {strange} are not checkpoint files {list(FILES)})")
+    return m
 
 
 def step_dir(step: int) -> str:
@@ -90,18 +125,20 @@ def problems(url: str) -> list[str]:
     fs.invalidate_cache(root)  # another process (a Ray worker) may have written it since
     try:
         with fs.open(posixpath.join(root, MANIFEST), "rb") as f:
-            files = json.loads(f.read())["files"]
+            files = parse_manifest(f.read()).files
         sizes = {posixpath.basename(e["name"].rstrip("/")): e.get("size") for e in fs.ls(root, detail=True)}
     except FileNotFoundError:
         return [f"{MANIFEST} is missing"]
-    except (json.JSONDecodeError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as e:
-        return [f"{MANIFEST} is unreadable ({e})"]
+    except ValueError as e:
+        return [f"{posixpath.join(root, MANIFEST)}: {e}"]
     out = []
     for name, entry in files.items():
         if name not in sizes:
             out.append(f"{name} is missing")
-        elif sizes[name] != entry["bytes"]:
-            out.append(f"{name} has {sizes[name]} bytes, the manifest says {entry['bytes']}")
+        elif sizes[name] != entry.bytes:
+            out.append(f"{name} has {sizes[name]} bytes, the manifest says {entry.bytes}")
+        elif _escapes(url, posixpath.join(root, name), root):
+            out.append(_escapes(url, posixpath.join(root, name), root))
     return out
 
 
@@ -136,8 +173,11 @@ def latest(url: str) -> str | None:
         return url if is_complete(url) else None
     for base in (posixpath.join(root, "checkpoints"), root):
         for _, p in sorted(_candidates(_unstrip(url, base)), reverse=True):
-            if is_complete(_unstrip(url, p)):
+            found = problems(_unstrip(url, p))
+            if not found:
                 return _unstrip(url, p)
+            if any("malformed" in f or "symlink" in f for f in found):  # not an interrupted write: say so
+                log.warning("skipping checkpoint %s as incomplete: %s", _unstrip(url, p), "; ".join(found))
     return None
 
 
@@ -165,20 +205,27 @@ class Checkpoint:
         self.fs = _fs(url)
         self.root = _strip(url)
         mpath = posixpath.join(self.root, MANIFEST)
+        escape = _escapes(url, mpath, self.root)
+        if escape:
+            raise CheckpointError(escape)
         try:
             with self.fs.open(mpath, "rb") as f:
-                self.manifest = json.loads(f.read())
-            self.files = self.manifest["files"]
+                manifest = parse_manifest(f.read())
         except FileNotFoundError:
             raise CheckpointError(f"{url}: {MANIFEST} is missing; the checkpoint is incomplete") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise CheckpointError(f"{mpath}: unreadable manifest ({e})") from None
-        self.step = int(self.manifest["step"])
+        except ValueError as e:
+            raise CheckpointError(f"{mpath}: {e}") from None
+        self.manifest = manifest.model_dump()
+        self.files = self.manifest["files"]
+        self.step = manifest.step
 
     def read(self, name: str) -> bytes:
         if name not in self.files:
             raise CheckpointError(f"{self.url}: {name} is not listed in {MANIFEST}")
         path = posixpath.join(self.root, name)
+        escape = _escapes(self.url, path, self.root)
+        if escape:
+            raise CheckpointError(escape)
         try:
             with self.fs.open(path, "rb") as f:
                 blob = f.read()
@@ -193,11 +240,23 @@ class Checkpoint:
         return blob
 
     def spec_json(self) -> str:
-        return self.read("spec.json").decode()
+        return self._text("spec.json")
 
     def state(self) -> dict[str, Any]:
         """state.json: the step and the data position."""
-        return json.loads(self.read("state.json"))
+        try:
+            state = json.loads(self._text("state.json"))
+        except json.JSONDecodeError as e:
+            raise CheckpointError(f"{posixpath.join(self.root, 'state.json')}: not JSON ({e.msg} at line {e.lineno})") from None
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{posixpath.join(self.root, 'state.json')}: not a JSON object")
+        return state
+
+    def _text(self, name: str) -> str:
+        try:
+            return self.read(name).decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise CheckpointError(f"{posixpath.join(self.root, name)}: not UTF-8 text (byte {e.start})") from None
 
     def tensors(self, name: str) -> dict[str, Tensor]:
         blob = self.read(name)
@@ -224,6 +283,22 @@ def _unstrip(url: str, path: str) -> str:
     return proto + path
 
 
+def _escapes(url: str, path: str, inside: str | None = None) -> str | None:
+    """On a local disk: why ``path`` leaves its folder through a symlink (its real path outside
+    ``inside``, or for a step folder found in a run folder, outside that folder), else None. The
+    target is named, never read."""
+    if "://" in url and not url.startswith("file://"):
+        return None
+    if not os.path.lexists(path):
+        return None
+    folder = os.path.realpath(inside if inside is not None else os.path.dirname(os.path.normpath(path)))
+    real = os.path.realpath(path)
+    if real != folder and not real.startswith(folder.rstrip(os.sep) + os.sep):
+        what = "checkpoint folder" if inside is None else "file"
+        return f"{path}: {what} is a symlink out of {folder} (to {real}); refused"
+    return None
+
+
 def _candidates(root: str) -> list[tuple[int, str]]:
     fs = _fs(root)
     base = _strip(root)
@@ -234,6 +309,10 @@ def _candidates(root: str) -> list[tuple[int, str]]:
     for entry in fs.ls(base, detail=False):
         m = _STEP_DIR.search(entry.rstrip("/"))
         if m and fs.isdir(entry):
+            escape = _escapes(root, entry)
+            if escape:
+                log.warning("skipping checkpoint %s", escape)
+                continue
             out.append((int(m.group(1)), entry))
     return out
 

@@ -7,7 +7,7 @@ t = (timestep + 1) / T. It never starts at the last step T, which is why Lin et 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -20,6 +20,10 @@ from components.spec import Spec
 
 class LeadingSpec(Spec):
     kind: Literal["leading"] = "leading"
+    starts_below_t_max: ClassVar[str] = (
+        "diffusers' leading spacing starts at (N - 1) T // N + 1, below T, by definition (Lin et al. 2024 Table 2); "
+        "use trailing to start at T"
+    )
     offset: int = Field(0, ge=0, description="diffusers' steps_offset (Stable Diffusion: 1)")
 
     def build(self) -> Leading:

@@ -28,10 +28,10 @@ from components.spec import Spec
 
 class EulerSpec(Spec):
     kind: Literal["euler"] = "euler"
-    s_churn: float = Field(0.0, ge=0, description="EDM's S_churn; 0 = deterministic")
-    s_tmin: float = Field(0.0, ge=0, description="churn only where sigma/alpha >= S_tmin")
-    s_tmax: float | None = Field(None, gt=0, description="churn only where sigma/alpha <= S_tmax; None = no bound")
-    s_noise: float = Field(1.0, gt=0, description="EDM's S_noise")
+    s_churn: float = Field(0.0, ge=0, le=1000, description="EDM's S_churn; 0 = deterministic")
+    s_tmin: float = Field(0.0, ge=0, le=1e6, description="churn only where sigma/alpha >= S_tmin")
+    s_tmax: float | None = Field(None, gt=0, le=1e6, description="churn only where sigma/alpha <= S_tmax; None = no bound")
+    s_noise: float = Field(1.0, gt=0, le=2.0, description="EDM's S_noise (1 to 1.007 in EDM Table 5)")
 
     def build(self) -> Euler:
         return Euler(self)

@@ -15,7 +15,7 @@ flow's prior, s = inf) the step is Euler's: a trapezoid over an infinite interva
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 from pydantic import Field
 from torch import Tensor
@@ -29,10 +29,11 @@ from components.spec import Spec
 
 class HeunSpec(Spec):
     kind: Literal["heun"] = "heun"
-    s_churn: float = Field(0.0, ge=0, description="EDM's S_churn; 0 = deterministic")
-    s_tmin: float = Field(0.0, ge=0, description="churn only where sigma/alpha >= S_tmin")
-    s_tmax: float | None = Field(None, gt=0, description="churn only where sigma/alpha <= S_tmax; None = no bound")
-    s_noise: float = Field(1.0, gt=0, description="EDM's S_noise")
+    evals_per_step: ClassVar[int] = 2  # a predictor and a corrector call (the last step: 1)
+    s_churn: float = Field(0.0, ge=0, le=1000, description="EDM's S_churn; 0 = deterministic")
+    s_tmin: float = Field(0.0, ge=0, le=1e6, description="churn only where sigma/alpha >= S_tmin")
+    s_tmax: float | None = Field(None, gt=0, le=1e6, description="churn only where sigma/alpha <= S_tmax; None = no bound")
+    s_noise: float = Field(1.0, gt=0, le=2.0, description="EDM's S_noise (1 to 1.007 in EDM Table 5)")
 
     def build(self) -> Heun:
         return Heun(self)
