@@ -229,3 +229,87 @@ def test_train_streams_shards_from_s3_skips_bad_samples_and_checkpoints_to_s3(s3
     assert run.bad_samples["by_shard"][f"{url}/shard-00001.parquet"] >= 1
     rows = [json.loads(line) for line in s3.cat_file(f"{run.dir}/metrics.jsonl").decode().splitlines()]
     assert rows[-1]["step"] == 4 and rows[-1]["bad_samples"] >= index.shards[3].rows
+
+
+def test_pack_raw_pixels_is_lossless_and_decodes_in_one_array(tmp_path):
+    """--pixels raw stores the uint8 pixels themselves: the same images as the PNG shards, with no
+    decode; a row of the wrong length is named (shard and key) or skipped."""
+    from jobs.shards import decode_batch
+
+    png, raw = str(tmp_path / "png"), str(tmp_path / "raw")
+    pack("builtin:digits", png, shard_size=500, progress=False)
+    index = pack("builtin:digits", raw, shard_size=500, pixels="raw", progress=False)
+    assert index.columns == ["key", "pixels", "label"] and (index.image_size, index.channels) == (16, 1)
+    rows = [row for _, row in iter_rows(raw, ["key", "pixels", "label"])]
+    batch = {k: np.array([r[k] for r in rows], dtype=object if k != "label" else np.int64) for k in rows[0]}
+    batch["path"] = np.array(["shard-00000.parquet"] * len(rows), dtype=object)
+    out = decode_batch(batch, index=index, on_bad="error", url=raw)
+    want = {r["key"]: decode_png(r["image"], 16, 1) for _, r in iter_rows(png, ["key", "image"])}
+    assert out["image"].shape == (1437, 1, 16, 16) and out["image"].dtype == np.uint8
+    assert all(np.array_equal(img, want[k]) for k, img in zip(batch["key"], out["image"]))
+    assert np.array_equal(out["label"], batch["label"])
+
+    batch["pixels"][3] = batch["pixels"][3][:-1]
+    with pytest.raises(zoo.DataError, match=rf"shard {raw}/shard-00000\.parquet: sample '{batch['key'][3]}' does not "
+                                            r"decode \(255 bytes of pixels, the index says 1x16x16 = 256\)"):
+        decode_batch(batch, index=index, on_bad="error", url=raw)
+    out = decode_batch(batch, index=index, on_bad="skip", url=raw)
+    assert len(out["image"]) == 1436 and np.array_equal(out["label"], np.delete(batch["label"], 3))
+    with pytest.raises(zoo.DataError, match="pixels='jpeg': one of png, raw"):
+        pack("builtin:digits", str(tmp_path / "x"), pixels="jpeg", progress=False)
+
+
+class FakeShard:
+    """A Ray Data shard stand-in: the epoch whose shuffle seed it is given yields batches
+    [e*100 + i] for i < n; records which epochs were opened, in order."""
+
+    def __init__(self, n: int, fail_at: tuple[int, int] | None = None):
+        from components.random import derive_seed
+
+        self.n, self.fail_at, self.opened = n, fail_at, []
+        self.epochs = {derive_seed(0, "shuffle", e, 0) % 2**32: e for e in range(10)}
+
+    def iter_batches(self, batch_size, local_shuffle_seed=None, **_):
+        epoch = self.epochs[local_shuffle_seed]
+        self.opened.append(epoch)
+        for i in range(self.n):
+            if (epoch, i) == self.fail_at:
+                raise zoo.DataError(f"bad batch {i} of epoch {epoch}")
+            yield {"label": np.full(batch_size, epoch * 100 + i)}
+
+
+def test_stream_reads_the_next_epoch_ahead_in_order_and_resumes_at_its_position():
+    """The read-ahead thread starts epoch 1 while the trainer is still on epoch 0, yet the
+    trainer sees the sequential stream, with its data position; a resumed stream continues it;
+    an error reaches the trainer at the batch that raised it."""
+    import time
+
+    from jobs.shards import StreamData
+
+    spec = zoo.get("ddpm-digits", batch_size=4, steps=12, shuffle_buffer=8, seed=0).train
+    shard = FakeShard(5)
+    stream = StreamData(shard, spec, rank=0, world=1, state=None, start=0, prefetch=3)
+    seen, states = [], []
+    for step in range(12):
+        seen.append(int(stream.batch(step)["label"][0]))
+        states.append(stream.state())
+        if step == 2:  # 2 batches of epoch 0 left for the trainer: epoch 1 is opened meanwhile
+            deadline = time.time() + 10
+            while len(shard.opened) < 2 and time.time() < deadline:
+                time.sleep(0.01)
+            assert shard.opened == [0, 1], "the next epoch starts before the trainer finishes this one"
+    stream.close()
+    assert seen == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104, 200, 201]
+    assert states[4] == {"kind": "stream", "epoch": 0, "batch": 5, "world_size": 1}
+    assert states[6] == {"kind": "stream", "epoch": 1, "batch": 2, "world_size": 1}
+    assert shard.opened == [0, 1, 2], "no epoch is opened past the run's last step"
+
+    resumed = StreamData(FakeShard(5), spec, rank=0, world=1, state=states[6], start=7, prefetch=3)
+    assert [int(resumed.batch(s)["label"][0]) for s in range(7, 12)] == seen[7:]
+    resumed.close()
+
+    failing = StreamData(FakeShard(5, fail_at=(1, 1)), spec, rank=0, world=1, state=None, start=0, prefetch=8)
+    assert [int(failing.batch(s)["label"][0]) for s in range(6)] == seen[:6]
+    with pytest.raises(zoo.DataError, match="bad batch 1 of epoch 1"):
+        failing.batch(6)
+    failing.close()
