@@ -46,6 +46,7 @@ from pydantic import Field, ValidationError
 
 from components.random import RandomSource, derive_seed
 from components.spec import Spec
+from jobs.shuffle import shuffled_batches
 from jobs.storage import join
 from zoo.errors import DataError
 
@@ -288,7 +289,7 @@ class StreamData:
     checkpoints save and a resume restores.
 
     A reader thread walks the epochs (each one ``iter_batches`` execution of this worker's
-    shard, shuffled in a buffer seeded by (seed, epoch, rank)) and keeps up to
+    shard, its blocks shuffled in a buffer seeded by (seed, epoch, rank): jobs/shuffle.py) and keeps up to
     ``PREFETCH_BATCHES`` batches ready: the next epoch's execution starts while the trainer
     still works through the last batches of the current one, so an epoch boundary does not
     stall it. What the trainer gets, and the data position, are those of a plain sequential
@@ -317,10 +318,8 @@ class StreamData:
         while batches > 0:
             seed = derive_seed(self.spec.seed, "shuffle", epoch, self.rank) % 2**32
             t0 = time.perf_counter()
-            it = iter(self.shard.iter_batches(
-                batch_size=self.local, batch_format="numpy", drop_last=True, prefetch_batches=2,
-                local_shuffle_buffer_size=self.spec.shuffle_buffer or None,
-                local_shuffle_seed=seed if self.spec.shuffle_buffer else None))
+            blocks = self.shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+            it = shuffled_batches(blocks, self.local, self.spec.shuffle_buffer, seed)
             n, log = 0, {"epoch": epoch, "start_s": 0.0, "rows": 0, "read_s": 0.0}
             self.epoch_log.append(log)
             try:

@@ -260,56 +260,59 @@ def test_pack_raw_pixels_is_lossless_and_decodes_in_one_array(tmp_path):
 
 
 class FakeShard:
-    """A Ray Data shard stand-in: the epoch whose shuffle seed it is given yields batches
-    [e*100 + i] for i < n; records which epochs were opened, in order."""
+    """A Ray Data shard stand-in: every epoch the rows 0..n-1 in blocks of 3; records how many
+    epochs were opened, and can fail in one epoch."""
 
-    def __init__(self, n: int, fail_at: tuple[int, int] | None = None):
-        from components.random import derive_seed
+    def __init__(self, n: int, fail_in: int | None = None):
+        self.n, self.fail_in, self.opened = n, fail_in, 0
 
-        self.n, self.fail_at, self.opened = n, fail_at, []
-        self.epochs = {derive_seed(0, "shuffle", e, 0) % 2**32: e for e in range(10)}
-
-    def iter_batches(self, batch_size, local_shuffle_seed=None, **_):
-        epoch = self.epochs[local_shuffle_seed]
-        self.opened.append(epoch)
-        for i in range(self.n):
-            if (epoch, i) == self.fail_at:
-                raise zoo.DataError(f"bad batch {i} of epoch {epoch}")
-            yield {"label": np.full(batch_size, epoch * 100 + i)}
+    def iter_batches(self, batch_size=None, **_):
+        self.opened += 1
+        for i in range(0, self.n, 3):
+            if self.opened - 1 == self.fail_in and i >= 9:
+                raise zoo.DataError(f"bad block in epoch {self.fail_in}")
+            yield {"label": np.arange(i, min(i + 3, self.n))}
 
 
 def test_stream_reads_the_next_epoch_ahead_in_order_and_resumes_at_its_position():
-    """The read-ahead thread starts epoch 1 while the trainer is still on epoch 0, yet the
-    trainer sees the sequential stream, with its data position; a resumed stream continues it;
-    an error reaches the trainer at the batch that raised it."""
+    """The read-ahead thread opens epoch 1 while the trainer is still on epoch 0, yet the trainer
+    gets exactly the epochs' seeded shuffles in sequence, with their data position; a resumed
+    stream continues it; an error reaches the trainer at the batch that raised it."""
     import time
 
+    from components.random import derive_seed
     from jobs.shards import StreamData
+    from jobs.shuffle import shuffled_batches
 
     spec = zoo.get("ddpm-digits", batch_size=4, steps=12, shuffle_buffer=8, seed=0).train
-    shard = FakeShard(5)
+    expect = [b["label"].tolist() for e in range(3)
+              for b in shuffled_batches(FakeShard(21).iter_batches(), 4, 8, derive_seed(0, "shuffle", e, 0) % 2**32)]
+    assert len(expect) == 15 and len(set(sum(expect[:5], []))) == 20, "5 batches of distinct rows an epoch, 1 dropped"
+    assert expect[:5] != expect[5:10], "each epoch is shuffled with its own seed"
+    shard = FakeShard(21)
     stream = StreamData(shard, spec, rank=0, world=1, state=None, start=0, prefetch=3)
     seen, states = [], []
     for step in range(12):
-        seen.append(int(stream.batch(step)["label"][0]))
+        seen.append(stream.batch(step)["label"].tolist())
         states.append(stream.state())
         if step == 2:  # 2 batches of epoch 0 left for the trainer: epoch 1 is opened meanwhile
             deadline = time.time() + 10
-            while len(shard.opened) < 2 and time.time() < deadline:
+            while shard.opened < 2 and time.time() < deadline:
                 time.sleep(0.01)
-            assert shard.opened == [0, 1], "the next epoch starts before the trainer finishes this one"
+            assert shard.opened == 2, "the next epoch starts before the trainer finishes this one"
     stream.close()
-    assert seen == [0, 1, 2, 3, 4, 100, 101, 102, 103, 104, 200, 201]
+    assert seen == expect[:12]
     assert states[4] == {"kind": "stream", "epoch": 0, "batch": 5, "world_size": 1}
     assert states[6] == {"kind": "stream", "epoch": 1, "batch": 2, "world_size": 1}
-    assert shard.opened == [0, 1, 2], "no epoch is opened past the run's last step"
+    assert shard.opened == 3, "no epoch is opened past the run's last step"
 
-    resumed = StreamData(FakeShard(5), spec, rank=0, world=1, state=states[6], start=7, prefetch=3)
-    assert [int(resumed.batch(s)["label"][0]) for s in range(7, 12)] == seen[7:]
+    resumed = StreamData(FakeShard(21), spec, rank=0, world=1, state=states[6], start=7, prefetch=3)
+    assert [resumed.batch(s)["label"].tolist() for s in range(7, 12)] == seen[7:]
     resumed.close()
 
-    failing = StreamData(FakeShard(5, fail_at=(1, 1)), spec, rank=0, world=1, state=None, start=0, prefetch=8)
-    assert [int(failing.batch(s)["label"][0]) for s in range(6)] == seen[:6]
-    with pytest.raises(zoo.DataError, match="bad batch 1 of epoch 1"):
-        failing.batch(6)
+    failing = StreamData(FakeShard(21, fail_in=1), spec, rank=0, world=1, state=None, start=0, prefetch=8)
+    assert [failing.batch(s)["label"].tolist() for s in range(5)] == seen[:5]
+    with pytest.raises(zoo.DataError, match="bad block in epoch 1"):
+        for s in range(5, 10):
+            failing.batch(s)
     failing.close()
