@@ -29,9 +29,7 @@ training starts.
 
 from __future__ import annotations
 
-import io
 import json
-import posixpath
 import queue
 import threading
 import time
@@ -46,6 +44,7 @@ from pydantic import Field, ValidationError
 
 from components.random import RandomSource, derive_seed
 from components.spec import Spec
+from jobs.decode import Layout, decode_latent, decode_pixels, decode_png, decode_rows, read_shards  # noqa: F401 (re-exported)
 from jobs.shuffle import shuffled_batches
 from jobs.storage import join
 from zoo.errors import DataError
@@ -132,7 +131,9 @@ def dataset(url: str, index: ShardIndex, shard_urls: list[str], on_bad: str, cou
     """A Ray Data dataset of decoded rows: image (C, H, W) uint8 or latent, label, caption.
 
     One Ray Data task per shard reads it with pyarrow through the URL's fsspec filesystem (only
-    the wanted columns) and decodes it in blocks of ``rows_per_block`` rows, in order."""
+    the wanted columns) and decodes it in blocks of ``rows_per_block`` rows, in order
+    (jobs/decode.py: its tasks import neither torch nor the zoo package, so Ray Data's worker
+    processes start fast)."""
     import ray.data
 
     wanted = [c for c in (columns or index.columns) if c in index.columns]
@@ -140,7 +141,7 @@ def dataset(url: str, index: ShardIndex, shard_urls: list[str], on_bad: str, cou
         wanted = [c for c in wanted if c not in ("image", "pixels")]  # latent runs skip the pixels
     wanted = ["key", *[c for c in wanted if c != "key"]]
     ds = ray.data.from_items([{"shard": u} for u in shard_urls], override_num_blocks=len(shard_urls))
-    read = partial(read_shards, index=index, columns=wanted, on_bad=on_bad, counter=counter, url=url,
+    read = partial(read_shards, layout=Layout.of(index), columns=wanted, on_bad=on_bad, counter=counter, url=url,
                    rows=rows_per_block(index))
     ds = ds.map_batches(read, batch_size=1, batch_format="numpy")
     ds.context.enable_progress_bars = progress
@@ -157,102 +158,10 @@ def rows_per_block(index: ShardIndex) -> int:
     return int(min(4096, max(16, BLOCK_BYTES // row)))
 
 
-def read_shards(items: dict[str, np.ndarray], *, index: ShardIndex, columns: list[str], on_bad: str, counter: Any,
-                url: str, rows: int):
-    """A Ray Data task: the shards named in ``items``, read ``rows`` rows at a time and decoded."""
-    import pyarrow.parquet as pq
-
-    for shard in items["shard"]:
-        shard = str(shard)
-        fs, path = fsspec.core.url_to_fs(shard)
-        with fs.open(path, "rb") as f:
-            for rb in pq.ParquetFile(f).iter_batches(batch_size=rows, columns=columns, use_threads=False):
-                batch = {c: rb.column(c).to_numpy(zero_copy_only=False) for c in columns}
-                batch["path"] = np.full(len(batch["key"]), shard, dtype=object)
-                yield decode_batch(batch, index=index, on_bad=on_bad, counter=counter, url=url)
-
-
 def decode_batch(batch: dict[str, np.ndarray], *, index: ShardIndex, on_bad: str, counter: Any = None,
                  url: str = "") -> dict:
-    """PNG bytes or raw pixels -> (N, C, H, W) uint8; latent (and reflow noise) bytes ->
-    (N, *latent_shape) float32. Undecodable rows raise a DataError naming shard (its URL) and
-    key, or are dropped and counted."""
-    n = len(batch["key"])
-    out: dict[str, np.ndarray] = {}
-    bad: list[tuple[int, str]] = []  # (row, why)
-    if "pixels" in batch:
-        out["image"], bad = decode_pixels(batch["pixels"], (index.channels, index.image_size, index.image_size))
-    elif "image" in batch:
-        images = []
-        for i in range(n):
-            try:
-                images.append(decode_png(batch["image"][i], index.image_size, index.channels))
-            except Exception as e:
-                bad.append((i, str(e)))
-        out["image"] = np.stack(images) if images else np.zeros((0, index.channels, index.image_size, index.image_size), np.uint8)
-    elif "latent" in batch:
-        cols = [c for c in ("latent", "noise") if c in batch]  # noise: reflow pairs
-        decoded: dict[str, list[np.ndarray]] = {c: [] for c in cols}
-        for i in range(n):
-            try:
-                row = {c: decode_latent(batch[c][i], index.latent_shape, index.latent_dtype) for c in cols}
-            except Exception as e:
-                bad.append((i, str(e)))
-                continue
-            for c in cols:
-                decoded[c].append(row[c])
-        for c in cols:
-            out[c] = np.stack(decoded[c]) if decoded[c] else np.zeros((0, *index.latent_shape), np.float32)
-    if bad:  # shard URLs only for the rows that need naming
-        named = [(join(url, posixpath.basename(str(batch["path"][i]))), str(batch["key"][i]), why) for i, why in bad]
-        if on_bad == "error":
-            path, key, err = named[0]
-            raise DataError(f"shard {path}: sample {key!r} does not decode ({err}); "
-                            "on_bad_sample='skip' skips such samples")
-        if counter is not None:
-            counter.add.remote([(p, k) for p, k, _ in named])
-        keep = np.setdiff1d(np.arange(n), [i for i, _ in bad])
-    else:
-        keep = slice(None)
-    for col in ("label", "caption"):
-        if col in batch:
-            out[col] = batch[col][keep]
-    return out
-
-
-def decode_pixels(blobs: np.ndarray, shape: tuple[int, int, int]) -> tuple[np.ndarray, list[tuple[int, str]]]:
-    """Raw uint8 pixel rows (``zoo data pack --pixels raw``) -> (N, C, H, W) at once, and the
-    rows whose byte count is not C x H x W."""
-    size = int(np.prod(shape))
-    lengths = np.fromiter(map(len, blobs), np.int64, count=len(blobs))
-    wrong = np.flatnonzero(lengths != size)
-    if len(wrong):
-        good = np.flatnonzero(lengths == size)
-        bad = [(int(i), f"{lengths[i]} bytes of pixels, the index says {shape[0]}x{shape[1]}x{shape[2]} = {size}")
-               for i in wrong]
-        blobs = blobs[good]
-    else:
-        bad = []
-    arr = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), *shape).copy()  # writable
-    return arr, bad
-
-
-def decode_png(blob: bytes, size: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(blob)) as im:
-        im.load()
-        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    if arr.shape[:2] != (size, size):
-        raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, the index says {size}x{size}")
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
-
-
-def decode_latent(blob: bytes, shape: list[int], dtype: str) -> np.ndarray:
-    arr = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"))
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"latent has {arr.size} values, the index says shape {shape}")
-    return arr.reshape(shape).astype(np.float32)
+    """jobs.decode.decode_rows with the index's layout."""
+    return decode_rows(batch, layout=Layout.of(index), on_bad=on_bad, counter=counter, url=url)
 
 
 def bad_sample_counter():
