@@ -1,6 +1,6 @@
 """CLI commands of the jobs package, registered in zoo/cli.py:
 
-    zoo data pack SRC DEST [--shard-size 1000|64MB] [--size 32] [--channels 3] [--split train]
+    zoo data pack SRC DEST [--shard-size 1000|64MB] [--size 32] [--channels 3] [--split train] [--pixels raw]
     zoo data encode SRC DEST --model NAME|CHECKPOINT [--weights URL]
     zoo submit NAME [KEY=VALUE ...] --address http://HOST:8265 [--working-dir DIR] [--env K=V] [--no-follow]
 """
@@ -28,6 +28,7 @@ def pack(
     channels: Optional[int] = typer.Option(None, help="1 (grayscale) or 3 (RGB); default: the source's"),
     split: str = typer.Option("train", help="CIFAR-10 / digits split: train or test"),
     seed: int = typer.Option(0, help="seed of the pack-time shuffle"),
+    pixels: str = typer.Option("png", help="png (compressed, decoded on every read) or raw (uint8 pixels, no decode)"),
     progress: bool = typer.Option(True),
 ) -> None:
     """Write image shards (Parquet + index.json) from SRC to DEST."""
@@ -36,7 +37,7 @@ def pack(
 
     try:
         index = run_pack(src, dest, shard_size=int(shard_size) if shard_size.isdigit() else shard_size, size=size,
-                         channels=channels, split=split, seed=seed, progress=progress)
+                         channels=channels, split=split, seed=seed, pixels=pixels, progress=progress)
     except ZooError as e:
         _fail(e)
     typer.echo(f"{dest}: {index.rows} samples in {len(index.shards)} shards, {index.channels}x{index.image_size}x"

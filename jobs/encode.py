@@ -17,7 +17,7 @@ import torch
 from tqdm.auto import tqdm
 
 from jobs.pack import _write_index, _write_shard
-from jobs.shards import INDEX, ShardIndex, decode_png, read_index
+from jobs.shards import INDEX, ShardIndex, decode_pixels, decode_png, read_index
 from zoo.errors import DataError
 
 
@@ -27,7 +27,8 @@ def encode(src: str, dest: str, model, *, batch_size: int = 64, dtype: str = "fl
     import pyarrow.parquet as pq
 
     index = read_index(src)
-    if "image" not in index.columns:
+    column = "pixels" if "pixels" in index.columns else "image"
+    if column not in index.columns:
         raise DataError(f"{src}: no image column to encode (columns: {index.columns})")
     spec = model.spec
     if (index.image_size, index.channels) != (spec.image.size, spec.image.channels):
@@ -51,7 +52,13 @@ def encode(src: str, dest: str, model, *, batch_size: int = 64, dtype: str = "fl
         for j in range(0, len(rows), batch_size):
             chunk = rows[j : j + batch_size]
             try:
-                pixels = np.stack([decode_png(r["image"], index.image_size, index.channels) for r in chunk])
+                if column == "pixels":
+                    blobs = np.array([r["pixels"] for r in chunk], dtype=object)
+                    pixels, bad = decode_pixels(blobs, (index.channels, index.image_size, index.image_size))
+                    if bad:
+                        raise ValueError(bad[0][1])
+                else:
+                    pixels = np.stack([decode_png(r["image"], index.image_size, index.channels) for r in chunk])
             except Exception as e:
                 raise DataError(f"shard {path}: an image does not decode ({e})") from None
             x = torch.from_numpy(pixels).float().div(127.5).sub(1.0).to(device)

@@ -12,9 +12,15 @@ Sources:
   beside an image (same stem) is its caption.
 
 Images are center-cropped to a square and resized to ``size`` when it is given (else they must
-all have one square size), converted to ``channels``, PNG-encoded (lossless), shuffled once with
+all have one square size), converted to ``channels``, stored lossless, shuffled once with
 ``seed`` and written ``shard_size`` samples (or bytes: "64MB") per shard; ``index.json`` is
 written last, so a half-written shard set is never read.
+
+``pixels="png"`` (default) stores each image as PNG bytes in an ``image`` column: small on
+storage, but every read decodes them. ``pixels="raw"`` stores the uint8 pixels themselves
+(C x H x W, row-major) in a ``pixels`` column: larger (no compression), and read with no decode
+at all, a whole batch turned into one array at once. Pick raw when decoding, not storage or
+bandwidth, limits the reader (small images, few CPUs per accelerator).
 """
 
 from __future__ import annotations
@@ -49,13 +55,27 @@ class Sample:
     caption: str | None = None
 
 
+PIXELS = ("png", "raw")
+
+
 def pack(src: str, dest: str, *, shard_size: int | str = 1000, size: int | None = None, channels: int | None = None,
-         split: str = "train", seed: int = 0, shuffle: bool = True, progress: bool = True) -> ShardIndex:
+         split: str = "train", seed: int = 0, shuffle: bool = True, pixels: str = "png",
+         progress: bool = True) -> ShardIndex:
     """Pack ``src`` into Parquet shards at ``dest``; returns the index written last."""
     samples, classes, default_channels = _source(src, split)
+    return write_samples(samples, dest, source=src, classes=classes, channels=channels or default_channels,
+                         shard_size=shard_size, size=size, seed=seed, shuffle=shuffle, pixels=pixels,
+                         progress=progress)
+
+
+def write_samples(samples: list[Sample], dest: str, *, source: str, classes: list[str] | None, channels: int,
+                  shard_size: int | str = 1000, size: int | None = None, seed: int = 0, shuffle: bool = True,
+                  pixels: str = "png", progress: bool = True) -> ShardIndex:
+    """Write ``samples`` as a shard set at ``dest`` (what ``pack`` does once it has read its source)."""
+    if pixels not in PIXELS:
+        raise DataError(f"pixels={pixels!r}: one of {', '.join(PIXELS)}")
     if not samples:
-        raise DataError(f"{src}: no images found")
-    channels = channels or default_channels
+        raise DataError(f"{source}: no images found")
     if shuffle:
         order = np.random.default_rng(seed).permutation(len(samples))
         samples = [samples[i] for i in order]
@@ -72,45 +92,47 @@ def pack(src: str, dest: str, *, shard_size: int | str = 1000, size: int | None 
     nbytes = 0
     seen_size = size
 
+    column = "image" if pixels == "png" else "pixels"
+
     def encode(s: Sample) -> dict[str, Any]:
-        png, got = _png(s, size, channels)
-        return {"key": s.key, "image": png, "label": s.label, "caption": s.caption, "_size": got}
+        blob, got = _encode(s, size, channels, pixels)
+        return {"key": s.key, column: blob, "label": s.label, "caption": s.caption, "_size": got}
 
     def flush() -> None:
         nonlocal rows, nbytes
         if rows:
-            shards.append(_write_shard(fs, root, len(shards), rows, has_label, has_caption))
+            shards.append(_write_shard(fs, root, len(shards), rows, has_label, has_caption, pixels=pixels == "raw"))
             rows, nbytes = [], 0
 
-    bar = tqdm(total=len(samples), desc=f"pack {src}", unit="img", disable=not progress, mininterval=1.0)
+    bar = tqdm(total=len(samples), desc=f"pack {source}", unit="img", disable=not progress, mininterval=1.0)
     with ThreadPoolExecutor(4) as pool:
         for row in pool.map(encode, samples):
             if seen_size is None:
                 seen_size = row["_size"]
             elif row["_size"] != seen_size:
-                raise DataError(f"{src}: {row['key']} is {row['_size']}x{row['_size']}, earlier images are "
+                raise DataError(f"{source}: {row['key']} is {row['_size']}x{row['_size']}, earlier images are "
                                 f"{seen_size}x{seen_size}; pass size= to resize them all")
             rows.append(row)
-            nbytes += len(row["image"])
+            nbytes += len(row[column])
             bar.update(1)
             if len(rows) >= limit_rows or nbytes >= limit_bytes:
                 flush()
     flush()
     bar.close()
-    columns = ["key", "image"] + (["label"] if has_label else []) + (["caption"] if has_caption else [])
-    index = ShardIndex(source=src, columns=columns, image_size=seen_size, channels=channels, classes=classes,
+    columns = ["key", column] + (["label"] if has_label else []) + (["caption"] if has_caption else [])
+    index = ShardIndex(source=source, columns=columns, image_size=seen_size, channels=channels, classes=classes,
                        rows=sum(s.rows for s in shards), shards=shards)
     _write_index(fs, root, index)
     return index
 
 
 def _write_shard(fs, root: str, i: int, rows: list[dict[str, Any]], has_label: bool, has_caption: bool,
-                 latent: bool = False, noise: bool = False) -> ShardInfo:
+                 latent: bool = False, noise: bool = False, pixels: bool = False) -> ShardInfo:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     cols: dict[str, Any] = {"key": pa.array([r["key"] for r in rows], pa.string())}
-    name = "latent" if latent else "image"
+    name = "latent" if latent else "pixels" if pixels else "image"
     cols[name] = pa.array([r[name] for r in rows], pa.binary())
     if noise:  # reflow pairs: the noise each latent was generated from
         cols["noise"] = pa.array([r["noise"] for r in rows], pa.binary())
@@ -119,7 +141,7 @@ def _write_shard(fs, root: str, i: int, rows: list[dict[str, Any]], has_label: b
     if has_caption:
         cols["caption"] = pa.array([r["caption"] or "" for r in rows], pa.string())
     buf = io.BytesIO()
-    pq.write_table(pa.table(cols), buf, row_group_size=256, compression="none" if not latent else "zstd")
+    pq.write_table(pa.table(cols), buf, row_group_size=256, compression="zstd" if latent or pixels else "none")
     blob = buf.getvalue()
     shard = f"shard-{i:05d}.parquet"
     with fs.open(posixpath.join(root, shard), "wb") as f:
@@ -145,7 +167,8 @@ def _parse_size(value: int | str) -> tuple[float, float]:
     return float("inf"), float(m.group(1)) * 1024 ** " KMG".index(m.group(2).upper())
 
 
-def _png(s: Sample, size: int | None, channels: int) -> tuple[bytes, int]:
+def _encode(s: Sample, size: int | None, channels: int, pixels: str) -> tuple[bytes, int]:
+    """(PNG bytes, or raw uint8 C x H x W bytes; side) of a sample, cropped and resized."""
     from PIL import Image
 
     try:
@@ -161,6 +184,9 @@ def _png(s: Sample, size: int | None, channels: int) -> tuple[bytes, int]:
         img = img.crop((left, top, left + side, top + side)).resize((size, size), Image.Resampling.BICUBIC)
     elif size is None and w != h:
         raise DataError(f"{s.key}: {w}x{h} is not square; pass size= to center-crop and resize")
+    if pixels == "raw":
+        arr = np.asarray(img, np.uint8)
+        return (arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)).tobytes(), img.size[0]
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=False, compress_level=1)
     return buf.getvalue(), img.size[0]

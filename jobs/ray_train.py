@@ -123,7 +123,7 @@ def _streamed_dataset(run: RunSpec, index, good: list[str], bad: dict[str, int])
     if tr.on_bad_sample == "skip":
         counter = shards.bad_sample_counter()
         counter.add_shards.remote(bad)
-    columns = ["image", "label", "caption", "latent", "noise"]
+    columns = ["image", "pixels", "label", "caption", "latent", "noise"]
     return shards.dataset(tr.data, index, good, tr.on_bad_sample, counter, columns, progress=False), counter
 
 
@@ -136,7 +136,7 @@ def check_matches(run: RunSpec, index, url: str) -> None:
         want = [want[0], want[1], want[1]]
         if index.latent_shape != want:
             raise DataError(f"data={url!r}: latents of shape {index.latent_shape}, {run.name} needs {want}")
-    elif "image" in index.columns:
+    elif "image" in index.columns or "pixels" in index.columns:
         if (index.image_size, index.channels) != (model.image.size, model.image.channels):
             raise DataError(f"data={url!r}: {index.channels}-channel {index.image_size}x{index.image_size} images, "
                             f"{run.name} needs {model.image.channels}-channel {model.image.size}x{model.image.size} "

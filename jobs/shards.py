@@ -29,9 +29,10 @@ training starts.
 
 from __future__ import annotations
 
-import io
 import json
-import posixpath
+import queue
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any, Literal
@@ -43,7 +44,9 @@ from pydantic import Field, ValidationError, field_validator
 
 from components.random import RandomSource, derive_seed
 from components.spec import Spec
-from jobs.storage import join, pyarrow_fs
+from jobs.decode import Layout, decode_latent, decode_pixels, decode_png, decode_rows, read_shards  # noqa: F401 (re-exported)
+from jobs.shuffle import shuffled_batches
+from jobs.storage import join
 from zoo.errors import DataError
 
 INDEX = "index.json"
@@ -128,86 +131,45 @@ def check_shards(url: str, index: ShardIndex, on_bad: str) -> tuple[list[str], d
 
 
 # -- driver: the Ray Data pipeline ---------------------------------------------------------------
+BLOCK_BYTES = 8 * 2**20  # decoded bytes per Ray Data block: large enough that per-block costs vanish
+
+
 def dataset(url: str, index: ShardIndex, shard_urls: list[str], on_bad: str, counter: Any = None,
             columns: list[str] | None = None, progress: bool = False):
-    """A Ray Data dataset of decoded rows: image (C, H, W) uint8 or latent, label, caption."""
+    """A Ray Data dataset of decoded rows: image (C, H, W) uint8 or latent, label, caption.
+
+    One Ray Data task per shard reads it with pyarrow through the URL's fsspec filesystem (only
+    the wanted columns) and decodes it in blocks of ``rows_per_block`` rows, in order
+    (jobs/decode.py: its tasks import neither torch nor the zoo package, so Ray Data's worker
+    processes start fast)."""
     import ray.data
 
-    fs, _ = pyarrow_fs(url)
-    paths = [pyarrow_fs(u)[1] for u in shard_urls]
     wanted = [c for c in (columns or index.columns) if c in index.columns]
-    if "latent" in wanted and "image" in wanted:
-        wanted.remove("image")  # latent runs skip the pixels
-    ds = ray.data.read_parquet(paths, filesystem=fs, include_paths=True)
-    ds = ds.select_columns(["key", *[c for c in wanted if c != "key"], "path"])  # pushed down to the reader
-    decode = partial(decode_batch, index=index, on_bad=on_bad, counter=counter, url=url)
-    ds = ds.map_batches(decode, batch_format="numpy", batch_size=64)
+    if "latent" in wanted:
+        wanted = [c for c in wanted if c not in ("image", "pixels")]  # latent runs skip the pixels
+    wanted = ["key", *[c for c in wanted if c != "key"]]
+    ds = ray.data.from_items([{"shard": u} for u in shard_urls], override_num_blocks=len(shard_urls))
+    read = partial(read_shards, layout=Layout.of(index), columns=wanted, on_bad=on_bad, counter=counter, url=url,
+                   rows=rows_per_block(index))
+    ds = ds.map_batches(read, batch_size=1, batch_format="numpy")
     ds.context.enable_progress_bars = progress
     ds.context.print_on_execution_start = progress
     ds.context.execution_options.preserve_order = True  # a deterministic stream (local mode too)
     return ds
 
 
+def rows_per_block(index: ShardIndex) -> int:
+    if index.latent_shape:
+        row = int(np.prod(index.latent_shape)) * 4 * (2 if "noise" in index.columns else 1)
+    else:
+        row = (index.channels or 3) * (index.image_size or 64) ** 2
+    return int(min(4096, max(16, BLOCK_BYTES // row)))
+
+
 def decode_batch(batch: dict[str, np.ndarray], *, index: ShardIndex, on_bad: str, counter: Any = None,
                  url: str = "") -> dict:
-    """PNG bytes -> (N, C, H, W) uint8; latent (and reflow noise) bytes -> (N, *latent_shape)
-    float32. Undecodable rows raise a DataError naming shard (its URL) and key, or are dropped
-    and counted."""
-    n = len(batch["key"])
-    batch["path"] = np.array([join(url, posixpath.basename(str(p))) for p in batch["path"]], dtype=object)
-    keep, out, bad = [], {}, []
-    if "image" in batch:
-        images = []
-        for i in range(n):
-            try:
-                images.append(decode_png(batch["image"][i], index.image_size, index.channels))
-                keep.append(i)
-            except Exception as e:
-                bad.append((str(batch["path"][i]), str(batch["key"][i]), str(e)))
-        out["image"] = np.stack(images) if images else np.zeros((0, index.channels, index.image_size, index.image_size), np.uint8)
-    elif "latent" in batch:
-        cols = [c for c in ("latent", "noise") if c in batch]  # noise: reflow pairs
-        decoded: dict[str, list[np.ndarray]] = {c: [] for c in cols}
-        for i in range(n):
-            try:
-                row = {c: decode_latent(batch[c][i], index.latent_shape, index.latent_dtype) for c in cols}
-            except Exception as e:
-                bad.append((str(batch["path"][i]), str(batch["key"][i]), str(e)))
-                continue
-            keep.append(i)
-            for c in cols:
-                decoded[c].append(row[c])
-        for c in cols:
-            out[c] = np.stack(decoded[c]) if decoded[c] else np.zeros((0, *index.latent_shape), np.float32)
-    else:
-        keep = list(range(n))
-    if bad and on_bad == "error":
-        path, key, err = bad[0]
-        raise DataError(f"shard {path}: sample {key!r} does not decode ({err}); on_bad_sample='skip' skips such samples")
-    if bad and counter is not None:
-        counter.add.remote([(p, k) for p, k, _ in bad])
-    for col in ("label", "caption"):
-        if col in batch:
-            out[col] = batch[col][keep]
-    return out
-
-
-def decode_png(blob: bytes, size: int, channels: int) -> np.ndarray:
-    from PIL import Image
-
-    with Image.open(io.BytesIO(blob)) as im:
-        im.load()
-        arr = np.asarray(im.convert("L" if channels == 1 else "RGB"))
-    if arr.shape[:2] != (size, size):
-        raise ValueError(f"image is {arr.shape[1]}x{arr.shape[0]}, the index says {size}x{size}")
-    return arr[None] if channels == 1 else arr.transpose(2, 0, 1).copy()
-
-
-def decode_latent(blob: bytes, shape: list[int], dtype: str) -> np.ndarray:
-    arr = np.frombuffer(blob, dtype=np.dtype(dtype).newbyteorder("<"))
-    if arr.size != int(np.prod(shape)):
-        raise ValueError(f"latent has {arr.size} values, the index says shape {shape}")
-    return arr.reshape(shape).astype(np.float32)
+    """jobs.decode.decode_rows with the index's layout."""
+    return decode_rows(batch, layout=Layout.of(index), on_bad=on_bad, counter=counter, url=url)
 
 
 def bad_sample_counter():
@@ -236,11 +198,22 @@ def bad_sample_counter():
 
 
 # -- worker: a stream of local batches -------------------------------------------------------------
+PREFETCH_BATCHES = 8  # batches read ahead of the trainer, across epoch boundaries
+
+
 class StreamData:
     """This worker's batches of a streamed shard set, with a data position (epoch, batch) that
-    checkpoints save and a resume restores."""
+    checkpoints save and a resume restores.
 
-    def __init__(self, shard, spec, rank: int, world: int, state: dict | None, start: int, counter: Any = None):
+    A reader thread walks the epochs (each one ``iter_batches`` execution of this worker's
+    shard, its blocks shuffled in a buffer seeded by (seed, epoch, rank): jobs/shuffle.py) and keeps up to
+    ``PREFETCH_BATCHES`` batches ready: the next epoch's execution starts while the trainer
+    still works through the last batches of the current one, so an epoch boundary does not
+    stall it. What the trainer gets, and the data position, are those of a plain sequential
+    read: the thread only reads ahead, in order, and stops after the run's last step."""
+
+    def __init__(self, shard, spec, rank: int, world: int, state: dict | None, start: int, counter: Any = None,
+                 prefetch: int = PREFETCH_BATCHES):
         self.shard, self.spec, self.rank, self.world, self.counter = shard, spec, rank, world, counter
         self.local = spec.batch_size // world
         self.rows = slice(rank * self.local, (rank + 1) * self.local)
@@ -252,45 +225,56 @@ class StreamData:
                             f"resume it with workers={state['world_size']} (the split depends on the worker count)")
         self.epoch, self.pos = int(state.get("epoch", 0)), int(state.get("batch", 0))
         self.step = start
-        self._it = None
-        self._bad = 0
+        self.prefetch = prefetch
+        self._reader: _ReadAhead | None = None
+        self.waited = 0.0  # seconds the trainer waited for data
+        self.epoch_log: list[dict[str, float]] = []  # per epoch: start (s to its first batch), rows, read_s
 
-    def _open_epoch(self, skip: int) -> None:
-        seed = derive_seed(self.spec.seed, "shuffle", self.epoch, self.rank) % 2**32
-        batches = self.shard.iter_batches(
-            batch_size=self.local, batch_format="numpy", drop_last=True, prefetch_batches=2,
-            local_shuffle_buffer_size=self.spec.shuffle_buffer or None,
-            local_shuffle_seed=seed if self.spec.shuffle_buffer else None)
-        self._it = iter(batches)
-        for _ in range(skip):  # resuming mid-epoch: re-read what was trained on, train on the rest
-            self._next()
-
-    def _next(self) -> dict[str, np.ndarray]:
-        try:
-            return next(self._it)
-        except StopIteration:
-            raise
-        except Exception as e:  # Ray wraps errors raised in Ray Data tasks
-            found = _find_data_error(e)
-            if found:
-                raise DataError(found) from None
-            raise
+    def _epochs(self, epoch: int, skip: int, batches: int):
+        """(epoch, batch within it, raw batch) in order, from (epoch, skip), ``batches`` of them."""
+        while batches > 0:
+            seed = derive_seed(self.spec.seed, "shuffle", epoch, self.rank) % 2**32
+            t0 = time.perf_counter()
+            blocks = self.shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2)
+            it = shuffled_batches(blocks, self.local, self.spec.shuffle_buffer, seed)
+            n, log = 0, {"epoch": epoch, "start_s": 0.0, "rows": 0, "read_s": 0.0}
+            self.epoch_log.append(log)
+            try:
+                while batches > 0:
+                    try:
+                        raw = next(it)
+                    except StopIteration:
+                        break
+                    except Exception as e:  # Ray wraps errors raised in Ray Data tasks
+                        found = _find_data_error(e)
+                        if found:
+                            raise DataError(found) from None
+                        raise
+                    n += 1
+                    if n == 1:
+                        log["start_s"] = time.perf_counter() - t0
+                    log["rows"], log["read_s"] = n * self.local, time.perf_counter() - t0
+                    if n <= skip:  # resuming mid-epoch: re-read what was trained on, train on the rest
+                        continue
+                    batches -= 1
+                    yield epoch, n, raw
+            finally:
+                if hasattr(it, "close"):
+                    it.close()
+            if n == 0:
+                raise DataError(f"data={self.spec.data!r}: an epoch has fewer than one batch of "
+                                f"{self.local} samples per worker")
+            epoch, skip = epoch + 1, 0
 
     def batch(self, step: int) -> dict[str, Any]:
         if step != self.step:
             raise RuntimeError(f"streamed data is read in order: asked for step {step}, at step {self.step}")
-        if self._it is None:
-            self._open_epoch(self.pos)
-        try:
-            raw = self._next()
-        except StopIteration:
-            if self.pos == 0:
-                raise DataError(f"data={self.spec.data!r}: an epoch has fewer than one batch of "
-                                f"{self.local} samples per worker") from None
-            self.epoch, self.pos = self.epoch + 1, 0
-            self._open_epoch(0)
-            return self.batch(step)
-        self.pos += 1
+        if self._reader is None:
+            left = max(1, self.spec.steps - step)  # read no further than the run goes
+            self._reader = _ReadAhead(self._epochs(self.epoch, self.pos, left), self.prefetch)
+        t0 = time.perf_counter()
+        self.epoch, self.pos, raw = self._reader.get()
+        self.waited += time.perf_counter() - t0
         self.step += 1
         return self._to_torch(raw, step)
 
@@ -311,21 +295,71 @@ class StreamData:
         return out
 
     def close(self) -> None:
-        """Stop this epoch's stream (training ended mid-epoch) while Ray is still up."""
-        if self._it is not None and hasattr(self._it, "close"):
-            self._it.close()
-        self._it = None
+        """Stop reading (training ended, or failed) while Ray is still up."""
+        if self._reader is not None:
+            self._reader.close()
+        self._reader = None
 
     def state(self) -> dict[str, Any]:
         return {"kind": "stream", "epoch": self.epoch, "batch": self.pos, "world_size": self.world}
 
     def metrics(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"epoch": self.epoch}
+        out: dict[str, Any] = {"epoch": self.epoch, "data_wait_s": round(self.waited, 3)}
         if self.counter is not None:
             import ray
 
             out["bad_samples"] = ray.get(self.counter.summary.remote())["total"]
         return out
+
+
+class _ReadAhead:
+    """Items of a generator, produced by a thread up to ``depth`` ahead of ``get``; the
+    generator's exception is raised by the ``get`` that reaches it."""
+
+    _END = object()
+
+    def __init__(self, items, depth: int):
+        self.items, self.queue = items, queue.Queue(max(1, depth))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="zoo-data-read-ahead", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        try:
+            for item in self.items:
+                if not self._put((None, item)):
+                    return
+            self._put((None, self._END))
+        except BaseException as e:  # noqa: BLE001 - handed to the trainer's thread
+            self._put((e, None))
+        finally:
+            self.items.close()  # closes this epoch's Ray Data iterator, in the thread that runs it
+
+    def _put(self, entry) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def get(self):
+        error, item = self.queue.get()
+        if error is not None:
+            raise error
+        if item is self._END:
+            raise RuntimeError("streamed data: read past the run's last step")
+        return item
+
+    def close(self, timeout: float = 10.0) -> None:
+        self.stop.set()
+        while True:  # unblock a put
+            try:
+                self.queue.get_nowait()
+            except queue.Empty:
+                break
+        self.thread.join(timeout)
 
 
 def _find_data_error(error: BaseException) -> str | None:

@@ -229,3 +229,90 @@ def test_train_streams_shards_from_s3_skips_bad_samples_and_checkpoints_to_s3(s3
     assert run.bad_samples["by_shard"][f"{url}/shard-00001.parquet"] >= 1
     rows = [json.loads(line) for line in s3.cat_file(f"{run.dir}/metrics.jsonl").decode().splitlines()]
     assert rows[-1]["step"] == 4 and rows[-1]["bad_samples"] >= index.shards[3].rows
+
+
+def test_pack_raw_pixels_is_lossless_and_decodes_in_one_array(tmp_path):
+    """--pixels raw stores the uint8 pixels themselves: the same images as the PNG shards, with no
+    decode; a row of the wrong length is named (shard and key) or skipped."""
+    from jobs.shards import decode_batch
+
+    png, raw = str(tmp_path / "png"), str(tmp_path / "raw")
+    pack("builtin:digits", png, shard_size=500, progress=False)
+    index = pack("builtin:digits", raw, shard_size=500, pixels="raw", progress=False)
+    assert index.columns == ["key", "pixels", "label"] and (index.image_size, index.channels) == (16, 1)
+    rows = [row for _, row in iter_rows(raw, ["key", "pixels", "label"])]
+    batch = {k: np.array([r[k] for r in rows], dtype=object if k != "label" else np.int64) for k in rows[0]}
+    batch["path"] = np.array(["shard-00000.parquet"] * len(rows), dtype=object)
+    out = decode_batch(batch, index=index, on_bad="error", url=raw)
+    want = {r["key"]: decode_png(r["image"], 16, 1) for _, r in iter_rows(png, ["key", "image"])}
+    assert out["image"].shape == (1437, 1, 16, 16) and out["image"].dtype == np.uint8
+    assert all(np.array_equal(img, want[k]) for k, img in zip(batch["key"], out["image"]))
+    assert np.array_equal(out["label"], batch["label"])
+
+    batch["pixels"][3] = batch["pixels"][3][:-1]
+    with pytest.raises(zoo.DataError, match=rf"shard {raw}/shard-00000\.parquet: sample '{batch['key'][3]}' does not "
+                                            r"decode \(255 bytes of pixels, the index says 1x16x16 = 256\)"):
+        decode_batch(batch, index=index, on_bad="error", url=raw)
+    out = decode_batch(batch, index=index, on_bad="skip", url=raw)
+    assert len(out["image"]) == 1436 and np.array_equal(out["label"], np.delete(batch["label"], 3))
+    with pytest.raises(zoo.DataError, match="pixels='jpeg': one of png, raw"):
+        pack("builtin:digits", str(tmp_path / "x"), pixels="jpeg", progress=False)
+
+
+class FakeShard:
+    """A Ray Data shard stand-in: every epoch the rows 0..n-1 in blocks of 3; records how many
+    epochs were opened, and can fail in one epoch."""
+
+    def __init__(self, n: int, fail_in: int | None = None):
+        self.n, self.fail_in, self.opened = n, fail_in, 0
+
+    def iter_batches(self, batch_size=None, **_):
+        self.opened += 1
+        for i in range(0, self.n, 3):
+            if self.opened - 1 == self.fail_in and i >= 9:
+                raise zoo.DataError(f"bad block in epoch {self.fail_in}")
+            yield {"label": np.arange(i, min(i + 3, self.n))}
+
+
+def test_stream_reads_the_next_epoch_ahead_in_order_and_resumes_at_its_position():
+    """The read-ahead thread opens epoch 1 while the trainer is still on epoch 0, yet the trainer
+    gets exactly the epochs' seeded shuffles in sequence, with their data position; a resumed
+    stream continues it; an error reaches the trainer at the batch that raised it."""
+    import time
+
+    from components.random import derive_seed
+    from jobs.shards import StreamData
+    from jobs.shuffle import shuffled_batches
+
+    spec = zoo.get("ddpm-digits", batch_size=4, steps=12, shuffle_buffer=8, seed=0).train
+    expect = [b["label"].tolist() for e in range(3)
+              for b in shuffled_batches(FakeShard(21).iter_batches(), 4, 8, derive_seed(0, "shuffle", e, 0) % 2**32)]
+    assert len(expect) == 15 and len(set(sum(expect[:5], []))) == 20, "5 batches of distinct rows an epoch, 1 dropped"
+    assert expect[:5] != expect[5:10], "each epoch is shuffled with its own seed"
+    shard = FakeShard(21)
+    stream = StreamData(shard, spec, rank=0, world=1, state=None, start=0, prefetch=3)
+    seen, states = [], []
+    for step in range(12):
+        seen.append(stream.batch(step)["label"].tolist())
+        states.append(stream.state())
+        if step == 2:  # 2 batches of epoch 0 left for the trainer: epoch 1 is opened meanwhile
+            deadline = time.time() + 10
+            while shard.opened < 2 and time.time() < deadline:
+                time.sleep(0.01)
+            assert shard.opened == 2, "the next epoch starts before the trainer finishes this one"
+    stream.close()
+    assert seen == expect[:12]
+    assert states[4] == {"kind": "stream", "epoch": 0, "batch": 5, "world_size": 1}
+    assert states[6] == {"kind": "stream", "epoch": 1, "batch": 2, "world_size": 1}
+    assert shard.opened == 3, "no epoch is opened past the run's last step"
+
+    resumed = StreamData(FakeShard(21), spec, rank=0, world=1, state=states[6], start=7, prefetch=3)
+    assert [resumed.batch(s)["label"].tolist() for s in range(7, 12)] == seen[7:]
+    resumed.close()
+
+    failing = StreamData(FakeShard(21, fail_in=1), spec, rank=0, world=1, state=None, start=0, prefetch=8)
+    assert [failing.batch(s)["label"].tolist() for s in range(5)] == seen[:5]
+    with pytest.raises(zoo.DataError, match="bad block in epoch 1"):
+        for s in range(5, 10):
+            failing.batch(s)
+    failing.close()
