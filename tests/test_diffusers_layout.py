@@ -58,7 +58,12 @@ def write_sd_folder(root, prediction: str) -> str:
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
 def sd_folder(request, tmp_path_factory):
-    return write_sd_folder(tmp_path_factory.mktemp(request.param), request.param)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny models: intra-op threads only slow them down on a loaded machine
+    try:
+        return write_sd_folder(tmp_path_factory.mktemp(request.param), request.param)
+    finally:
+        torch.set_num_threads(n)
 
 
 def diffusers_images(folder: str, guidance_scale: float, n: int = 2) -> torch.Tensor:
@@ -73,7 +78,7 @@ def diffusers_images(folder: str, guidance_scale: float, n: int = 2) -> torch.Te
 
 
 @pytest.mark.parametrize("w", [0.0, 3.0])
-def test_sample_equals_diffusers_pipeline(sd_folder, w):
+def test_sample_equals_diffusers_pipeline(sd_folder, w, one_thread):
     model = zoo.load(sd_folder)
     assert model.spec.denoiser.kind == ("v" if "v_prediction" in sd_folder else "eps")
     assert model.spec.process.kind == "vp_scaled_linear" and model.spec.sampling.grid.offset == 1
@@ -87,7 +92,7 @@ def test_sample_equals_diffusers_pipeline(sd_folder, w):
 
 
 @pytest.mark.slow
-def test_loads_from_s3_and_export_round_trips(sd_folder, s3_server, tmp_path):
+def test_loads_from_s3_and_export_round_trips(sd_folder, s3_server, tmp_path, one_thread):
     import s3fs
     from safetensors.torch import load_file
 
@@ -115,7 +120,7 @@ def test_loads_from_s3_and_export_round_trips(sd_folder, s3_server, tmp_path):
     torch.testing.assert_close(diffusers_images(str(out), 3.0), diffusers_images(sd_folder, 3.0), rtol=0, atol=0)
 
 
-def test_a_catalog_like_spec_is_checked_against_the_folder(sd_folder):
+def test_a_catalog_like_spec_is_checked_against_the_folder(sd_folder, one_thread):
     spec = zoo.load(sd_folder).spec
     v = "v_prediction" in sd_folder
     if not v:
@@ -138,7 +143,7 @@ def test_a_catalog_like_spec_is_checked_against_the_folder(sd_folder):
         load_diffusers(sd_folder, wrong)
 
 
-def test_bad_folders_and_prompts(sd_folder, tmp_path):
+def test_bad_folders_and_prompts(sd_folder, tmp_path, one_thread):
     import shutil
 
     broken = tmp_path / "broken"
@@ -155,3 +160,26 @@ def test_bad_folders_and_prompts(sd_folder, tmp_path):
         model.sample(1, steps=2, prompt="seven " * 12)
     with pytest.raises(ValueError, match="text-conditioned: pass prompt="):
         model.sample(1, steps=2, labels=3)
+
+
+def test_cli_samples_a_prompt(sd_folder, tmp_path, one_thread):
+    from typer.testing import CliRunner
+
+    from zoo.cli import app
+
+    if "v_prediction" in sd_folder:
+        pytest.skip("one parameterization is enough for the CLI plumbing")
+    out = tmp_path / "grid.png"
+    r = CliRunner().invoke(app, ["sample", sd_folder, "--n", "2", "--steps", "2", "--prompt", PROMPT, "--guidance", "2",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.stat().st_size > 0
+    r = CliRunner().invoke(app, ["sample", sd_folder, "--n", "1", "--steps", "2", "--prompt", "seven " * 12])
+    assert r.exit_code != 0 and "max_length is 12" in r.output
+
+
+def test_prompt_to_an_unconditional_model_is_an_error():
+    model = zoo.build("ddpm-digits", **{"backbone.channels": 8, "backbone.channel_mult": [1], "backbone.attention_resolutions": [],
+                                        "backbone.groups": 4})
+    with pytest.raises(ValueError, match="unconditional: it takes neither labels nor a prompt"):
+        model.sample(1, steps=1, prompt="a handwritten digit seven")

@@ -15,7 +15,7 @@ TINY = dict(channels=1, latent_channels=2, block_out_channels=(8, 8), layers_per
             scaling_factor=0.5)
 
 
-def test_encode_decode_is_diffusers_with_the_scaling_factor():
+def test_encode_decode_is_diffusers_with_the_scaling_factor(one_thread):
     vae = KlVaeSpec(**TINY).build().eval()
     x = torch.rand(2, 1, 8, 8) * 2 - 1
     with torch.no_grad():
@@ -34,7 +34,7 @@ def test_encode_decode_is_diffusers_with_the_scaling_factor():
     torch.testing.assert_close(zs, (d.mean + d.std * noise) * 0.5)
 
 
-def test_init_is_reproducible_and_loss_trains():
+def test_init_is_reproducible_and_loss_trains(one_thread):
     a, b = KlVaeSpec(**TINY).build(), KlVaeSpec(**TINY).build()
     for (k, p), q in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.equal(p, q), k
@@ -46,7 +46,7 @@ def test_init_is_reproducible_and_loss_trains():
 
 
 @pytest.mark.parametrize("scheme", ["local", "memory"])
-def test_diffusers_layout_round_trips(tmp_path, scheme):
+def test_diffusers_layout_round_trips(tmp_path, scheme, one_thread):
     vae = KlVaeSpec(**TINY, init_seed=5).build()
     url = str(tmp_path / "vae") if scheme == "local" else "memory://zoo-test/vae"
     vae.save(url)
@@ -61,7 +61,7 @@ def test_diffusers_layout_round_trips(tmp_path, scheme):
         assert torch.equal(theirs.state_dict()["encoder.conv_in.weight"], vae.state_dict()["vae.encoder.conv_in.weight"])
 
 
-def test_bad_folders_name_the_file_and_field(tmp_path):
+def test_bad_folders_name_the_file_and_field(tmp_path, one_thread):
     url = str(tmp_path / "vae")
     KlVaeSpec(**TINY).build().save(url)
     with pytest.raises(LayoutError, match=r"config.json: latent_channels=2 but the spec's autoencoder gives 4"):
@@ -73,7 +73,7 @@ def test_bad_folders_name_the_file_and_field(tmp_path):
         KlVaeSpec(**TINY, weights=str(tmp_path / "nowhere")).build()
 
 
-def test_latent_shape_drives_the_model_spec_checks():
+def test_latent_shape_drives_the_model_spec_checks(one_thread):
     import zoo
 
     base = zoo.get("ddpm-digits").model.model_dump(mode="json")

@@ -49,6 +49,8 @@ def load(ref: str, *, weights: str | None = None, ema: bool = True, device: str 
         return model.to(device).eval()
     if overrides:
         raise SpecError("overrides apply to catalog names; a checkpoint carries its own spec")
+    if weights is not None:
+        raise SpecError(f"weights= applies to catalog names; {ref!r} is a checkpoint or weights folder itself")
     if diffusers_layout.is_diffusers_folder(ref):
         return load_diffusers(ref).to(device).eval()
     c = ckpt.Checkpoint(ckpt.resolve(ref))
