@@ -183,3 +183,29 @@ def test_prompt_to_an_unconditional_model_is_an_error():
                                         "backbone.groups": 4})
     with pytest.raises(ValueError, match="unconditional: it takes neither labels nor a prompt"):
         model.sample(1, steps=1, prompt="a handwritten digit seven")
+
+
+def test_served_text_model_takes_prompts_and_batches_them(sd_folder, one_thread):
+    """The serve path of POST /v1/models/{name}/generate short of HTTP: request checks and one
+    batched network call for requests with different prompts, each equal to its own sample."""
+    from serve.batching import run_batch
+    from serve.limits import ModelRules, RequestError
+    from serve.options import Limits
+    from serve.schemas import GenerateRequest
+    from serve.source import resolve
+    from serve.options import ModelOptions
+
+    if "v_prediction" in sd_folder:
+        pytest.skip("one parameterization is enough for the serving plumbing")
+    source = resolve(ModelOptions(model=sd_folder))
+    model = source.load()
+    rules = ModelRules.build("sd", source.spec, Limits())
+    with pytest.raises(RequestError, match="takes no class label .it is text-conditioned: pass prompt."):
+        rules.check(GenerateRequest(label=3))
+    jobs = [rules.check(GenerateRequest(n=1, steps=3, prompt=PROMPT, guidance=2.0, seed=1)),
+            rules.check(GenerateRequest(n=2, steps=3, prompt="the number three", guidance=2.0, seed=2))]
+    out = run_batch(model, jobs, max_images=8)
+    assert [o.batch_requests for o in out] == [2, 2] and all(o.error is None for o in out)
+    for j, o in zip(jobs, out):
+        alone = model.sample(j.n, steps=3, solver="ddim", seed=j.seed, prompt=j.prompt, guidance=2.0).numpy()
+        assert abs(o.images - alone).max() < 1e-5

@@ -43,7 +43,7 @@ def load(ref: str, *, weights: str | None = None, ema: bool = True, device: str 
                 "(nothing is downloaded), or use zoo.build() for an untrained model"
             )
         if diffusers_layout.is_diffusers_folder(url):
-            return load_diffusers(url, run.model.model_copy(update={"weights": url}), run.name).to(device).eval()
+            return load_diffusers(url, run.model, run.name).to(device).eval()
         model = Model(run.model, run.name)
         load_weights(model, url, ema)
         return model.to(device).eval()
