@@ -8,9 +8,10 @@ from typing import Annotated, Union
 
 from pydantic import Field
 
+from components.backbones.dit import Dit, DitSpec
 from components.backbones.sd_unet import SdUnet, SdUnetSpec
 from components.backbones.unet import UNet, UNetSpec
 
-BackboneSpec = Annotated[Union[UNetSpec, SdUnetSpec], Field(discriminator="kind")]
+BackboneSpec = Annotated[Union[UNetSpec, SdUnetSpec, DitSpec], Field(discriminator="kind")]
 
-__all__ = ["BackboneSpec", "SdUnet", "SdUnetSpec", "UNet", "UNetSpec"]
+__all__ = ["BackboneSpec", "Dit", "DitSpec", "SdUnet", "SdUnetSpec", "UNet", "UNetSpec"]
