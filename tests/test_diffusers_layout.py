@@ -5,8 +5,6 @@ diffusers' StableDiffusionPipeline with DDIMScheduler does, and export_diffusers
 
 from __future__ import annotations
 
-import json
-
 import pytest
 import torch
 
@@ -14,46 +12,11 @@ pytest.importorskip("diffusers")
 pytest.importorskip("transformers")
 
 import zoo  # noqa: E402
-from components.conditioners.clip_tokenizer import vocab_and_merges  # noqa: E402
 from components.hf_folder import LayoutError  # noqa: E402
 from zoo.loading import load_diffusers  # noqa: E402
+from zoo.testing_sd import write_sd_folder  # noqa: E402
 
 PROMPT = "a handwritten digit seven"
-WORDS = ["a", "handwritten", "digit", "seven", "the", "number", "three"]
-
-
-def write_sd_folder(root, prediction: str) -> str:
-    """A Stable-Diffusion-layout folder, every part made by diffusers / transformers classes."""
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tok_dir = root / "tok-src"
-    tok_dir.mkdir(parents=True)
-    vocab, merges = vocab_and_merges(WORDS)
-    (tok_dir / "vocab.json").write_text(json.dumps(vocab))
-    (tok_dir / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
-    tokenizer = CLIPTokenizer.from_pretrained(str(tok_dir), model_max_length=12)
-    torch.manual_seed(0)
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=8, norm_num_groups=32,
-        use_linear_projection=prediction == "v_prediction")
-    vae = AutoencoderKL(
-        in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 64), layers_per_block=1,
-        down_block_types=("DownEncoderBlock2D",) * 2, up_block_types=("UpDecoderBlock2D",) * 2, norm_num_groups=32,
-        sample_size=16)
-    text = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(vocab), hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-        max_position_embeddings=12, bos_token_id=len(vocab) - 2, eos_token_id=len(vocab) - 1))
-    scheduler = DDIMScheduler(
-        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-        prediction_type=prediction, clip_sample=False, set_alpha_to_one=True, steps_offset=1, timestep_spacing="leading")
-    pipe = StableDiffusionPipeline(vae=vae, text_encoder=text, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                                   safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    out = root / "sd"
-    pipe.save_pretrained(out, safe_serialization=True)
-    return str(out)
 
 
 @pytest.fixture(scope="module", params=["epsilon", "v_prediction"])
