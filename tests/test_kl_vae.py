@@ -86,3 +86,31 @@ def test_latent_shape_drives_the_model_spec_checks(one_thread):
     base["backbone"]["resolution"] = size
     with pytest.raises(ValueError, match=f"backbone.resolution={size} but the autoencoder gives {size // 2}x{size // 2}"):
         ModelSpec.model_validate(base)
+
+
+def test_data_encode_writes_kl_vae_latents(tmp_path, one_thread):
+    """`zoo data encode` (zoo.data.encode) serves the KL-VAE: the latent shards hold exactly
+    model.encode of each image (the posterior mean times scaling_factor)."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    import zoo
+    from jobs.shards import decode_png, read_index
+    from zoo.data import encode, pack
+
+    overrides = {"autoencoder": {"kind": "kl_vae", **TINY, "block_out_channels": [8, 8]},
+                 "backbone.in_channels": 2, "backbone.out_channels": 2, "backbone.resolution": 8,
+                 "backbone.channels": 8, "backbone.channel_mult": [1, 2], "backbone.attention_resolutions": [4],
+                 "backbone.groups": 4}
+    model = zoo.build("ddpm-digits", **overrides).eval()
+    src = pack("builtin:digits", str(tmp_path / "px"), split="heldout", progress=False)
+    out = encode(str(tmp_path / "px"), str(tmp_path / "lat"), model, dtype="float32", progress=False)
+    assert out.latent_shape == [2, 8, 8] and out.rows == src.rows
+    index = read_index(str(tmp_path / "px"))
+    px = {r["key"]: r["image"] for r in pq.read_table(tmp_path / "px" / index.shards[0].name).to_pylist()}
+    lat = pq.read_table(tmp_path / "lat" / out.shards[0].name).to_pylist()[:8]
+    images = torch.from_numpy(np.stack([decode_png(px[r["key"]], 16, 1) for r in lat])).float().div(127.5).sub(1)
+    with torch.no_grad():
+        want = model.encode(images)
+    got = torch.from_numpy(np.stack([np.frombuffer(r["latent"], "<f4").reshape(2, 8, 8) for r in lat]))
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
