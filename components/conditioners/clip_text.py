@@ -144,7 +144,8 @@ class ClipText(nn.Module):
         ids = self.tokenize(prompts).to(self.text_model.device)
         if self.spec.penultimate:
             out = self.text_model(ids, output_hidden_states=True)
-            return self.text_model.text_model.final_layer_norm(out.hidden_states[-2])
+            inner = getattr(self.text_model, "text_model", self.text_model)  # transformers < 5 nests it
+            return inner.final_layer_norm(out.hidden_states[-2])
         return self.text_model(ids).last_hidden_state
 
     def forward(self, batch: dict[str, Any], noise: RandomSource | None = None) -> dict[str, Tensor]:
