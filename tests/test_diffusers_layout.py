@@ -172,3 +172,13 @@ def test_served_text_model_takes_prompts_and_batches_them(sd_folder, one_thread)
     for j, o in zip(jobs, out):
         alone = model.sample(j.n, steps=3, solver="ddim", seed=j.seed, prompt=j.prompt, guidance=2.0).numpy()
         assert abs(o.images - alone).max() < 1e-5
+
+
+def test_catalog_name_with_a_folder_is_checked_against_the_entry(sd_folder, one_thread):
+    """zoo.load("sd-1.5", weights=folder): the tiny folder is not SD 1.5, and the error says where."""
+    if "v_prediction" in sd_folder:
+        with pytest.raises(LayoutError, match=r"scheduler_config.json: the scheduler means denoiser = \{'kind': 'v'\}"):
+            zoo.load("sd-1.5", weights=sd_folder)
+    else:
+        with pytest.raises(LayoutError, match=r"vae/config.json: down_block_types=.* but the spec's autoencoder gives"):
+            zoo.load("sd-1.5", weights=sd_folder)

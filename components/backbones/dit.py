@@ -9,8 +9,9 @@ Transformers"), built from timm's PatchEmbed / Attention / Mlp:
   final: LN(x) (1 + scale) + shift -> Linear -> unpatchify.
 adaLN-Zero: every modulation Linear and the final Linear start at zero, so each block starts as
 the identity and the network's output as 0. Class-conditional (num_classes + 1 rows, the last
-the null label of classifier-free guidance) or text-conditional: the text condition's tokens,
-mean-pooled and projected to D, are added to c (the pooled-text variant of adaLN conditioning).
+the null label of classifier-free guidance) or text-conditional: the text condition's last token
+(CLIP's attention is causal, so it has read the whole prompt; the padding is <|endoftext|>),
+projected to D, is added to c (the pooled-text variant of adaLN conditioning).
 The learned-variance half of DiT's output (learn_sigma) is not included: out_channels = C.
 DiT-XL/2: D = 1152, depth 28, 16 heads, p = 2.
 """
@@ -157,7 +158,7 @@ class Dit(nn.Module):
         if self.text_proj is not None:
             if cond is None or "text" not in cond:
                 raise ValueError("this DiT is text-conditional (cross_attention_dim set) and needs cond['text']")
-            c = c + self.text_proj(cond["text"].to(c.dtype).mean(dim=1))
+            c = c + self.text_proj(cond["text"][:, -1].to(c.dtype))  # the last token: causal CLIP has read the whole prompt there
         return c
 
     def unpatchify(self, x: Tensor) -> Tensor:
