@@ -14,7 +14,7 @@ import fsspec
 import torch
 
 from serve.options import ModelOptions
-from zoo import catalog
+from zoo import catalog, diffusers_layout
 from zoo import checkpoint as ckpt
 from zoo.catalog import format_errors
 from zoo.errors import CheckpointError, SpecError
@@ -70,6 +70,8 @@ def resolve(options: ModelOptions) -> Source:
         raise SpecError(f"{ref}: overrides apply to catalog names; a checkpoint carries its own spec")
     if options.weights is not None:
         raise SpecError(f"{ref}: weights= applies to catalog names; a checkpoint carries its own weights")
+    if diffusers_layout.is_diffusers_folder(ref):  # a Stable-Diffusion-layout folder carries its own spec
+        return Source(options.name or ref.rstrip("/").rsplit("/", 1)[-1], diffusers_layout.spec_from_folder(ref), options)
     pinned = ckpt.resolve(ref)  # the newest complete checkpoint of a run folder
     body = ckpt.Checkpoint(pinned).spec_json()
     try:

@@ -49,18 +49,50 @@ def test_entry_round_trips_through_json(name):
     assert json.loads(run.model_dump_json())["name"] == name
 
 
+def paper_scale(run: RunSpec) -> bool:
+    """Latent entries too large to build at full size on a CPU in a test (Stable Diffusion, DiT-XL, LDM)."""
+    return run.model.autoencoder.kind != "identity" and run.model.image.size >= 256
+
+
+#: A reduced size of a paper-scale entry, per component kind, for its CPU train step: the same
+#: kinds and wiring, small widths. (Full size is built on the meta device below.)
+REDUCED = {
+    "kl_vae": {"image.size": 64, "autoencoder.block_out_channels": [32, 32, 32, 32], "backbone.resolution": 8},
+    "sd_unet": {"backbone.block_out_channels": [32, 32, 32, 32], "backbone.attention_head_dim": 8,
+                "backbone.layers_per_block": 1, "backbone.cross_attention_dim": 32},
+    "clip_text": {"conditioner.hidden_size": 32, "conditioner.intermediate_size": 37, "conditioner.num_layers": 2,
+                  "conditioner.num_heads": 4, "conditioner.tokenizer": "builtin:digits", "conditioner.vocab_size": 579},
+    "dit": {"backbone.hidden_size": 32, "backbone.depth": 2, "backbone.num_heads": 4},
+    "unet": {"backbone.channels": 32, "backbone.attention_resolutions": [2]},
+}
+
+
+def reduced(name: str) -> dict:
+    run = zoo.get(name)
+    out = {}
+    for component in (run.model.autoencoder, run.model.backbone, run.model.conditioner):
+        out.update(REDUCED.get(component.kind, {}))
+    return out
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_entry_builds_and_trains_a_step(name):
     run = zoo.get(name)
     torch.manual_seed(0)
-    model = zoo.build(name)
+    if paper_scale(run):
+        with torch.device("meta"):
+            full = zoo.build(name)
+        assert sum(p.numel() for p in full.denoiser.parameters()) > 100e6  # full size exists, on no memory
+        run = zoo.get(name, **reduced(name))
+    model = zoo.build(run)
     c, size, _ = model.latent_shape
     images = torch.rand(2, run.model.image.channels, run.model.image.size, run.model.image.size) * 2 - 1
     batch = {"image": images, "label": torch.tensor([1, 2])}
     rng = RandomSource.from_seed(0, 2)
     x0 = model.encode(batch["image"])
     assert x0.shape == (2, c, size, size)
-    cond = model.conditioner({"label": batch["label"]}, rng)
+    captions = ["a handwritten digit one", "the number two"]
+    cond = model.conditioner({"label": batch["label"], "caption": captions}, rng)
     pairs = torch.randn_like(x0)  # the "noise" column of reflow pairs (ignored by other objectives)
     loss, _ = run.train.objective.build().loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
     loss.backward()
@@ -94,3 +126,23 @@ def test_specs_are_frozen_and_closed():
     body["train"]["optimizer"]["momentum"] = 0.9
     with pytest.raises(Exception, match="momentum"):
         RunSpec.model_validate(body)
+
+
+def test_paper_scale_latent_models_have_the_papers_sizes():
+    """Built on the meta device: SD 1.5 (UNet 859.5M, VAE 83.7M, CLIP ViT-L text 123.1M), SD 2.1
+    (UNet 865.9M, OpenCLIP-H text 340.4M, v-prediction), DiT-XL/2 (675M, Peebles & Xie Table 4)."""
+    def millions(module):
+        return round(sum(p.numel() for p in module.parameters()) / 1e6, 1)
+
+    with torch.device("meta"):
+        sd15, sd21, dit = zoo.build("sd-1.5"), zoo.build("sd-2.1-768"), zoo.build("dit-xl-2")
+    assert (millions(sd15.denoiser), millions(sd15.autoencoder), millions(sd15.conditioner)) == (859.5, 83.7, 123.1)
+    assert (millions(sd21.denoiser), millions(sd21.conditioner)) == (865.9, 340.4)
+    assert sd21.spec.denoiser.kind == "v" and sd21.latent_shape == (4, 96, 96)
+    assert abs(millions(dit.denoiser) - 675) < 1 and dit.latent_shape == (4, 32, 32)
+
+
+@pytest.mark.parametrize("name", ["sd-1.5", "sd-2.1-768", "ldm", "dit-xl-2"])
+def test_paper_scale_entries_need_weights(name):
+    with pytest.raises(zoo.CheckpointError, match=f"{name!r} has no weights: pass weights="):
+        zoo.load(name)

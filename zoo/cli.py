@@ -93,7 +93,7 @@ def train(
 
 @app.command()
 def sample(
-    checkpoint: str = typer.Argument(..., help="checkpoint or run folder (any fsspec URL)"),
+    checkpoint: str = typer.Argument(..., help="checkpoint or run folder, diffusers folder, or catalog name (any fsspec URL)"),
     n: int = typer.Option(64, help="number of images"),
     steps: Optional[int] = typer.Option(None, help="solver steps (default: the model's)"),
     solver: Optional[str] = typer.Option(None, help="solver kind (ddim, heun, dpmpp_2m, rk45, ...) or YAML '{kind: heun, s_churn: 40}'"),
@@ -101,6 +101,8 @@ def sample(
     seed: int = typer.Option(0),
     guidance: Optional[float] = typer.Option(None, help="classifier-free guidance w"),
     label: Optional[int] = typer.Option(None, help="class label for class-conditional models"),
+    prompt: Optional[str] = typer.Option(None, help="text prompt for text-conditioned models"),
+    weights: Optional[str] = typer.Option(None, help="weights URL for a catalog name (safetensors or diffusers folder)"),
     out: str = typer.Option("samples.png", help="PNG grid to write"),
     ema: bool = typer.Option(True, help="use the EMA weights"),
 ) -> None:
@@ -108,9 +110,9 @@ def sample(
     import zoo
 
     try:
-        model = zoo.load(checkpoint, ema=ema)
+        model = zoo.load(checkpoint, ema=ema, weights=weights)
         images = model.sample(n, steps=steps, solver=component_arg(solver), grid=component_arg(grid), seed=seed,
-                              guidance=guidance, labels=label, progress=True)
+                              guidance=guidance, labels=label, prompt=prompt, progress=True)
     except (zoo.ZooError, ValueError) as e:
         _fail(e)
     typer.echo(zoo.save_grid(images, out))

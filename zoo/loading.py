@@ -8,12 +8,15 @@ import fsspec
 import torch
 from torch import Tensor
 
-from zoo import catalog
+from components.autoencoders import KlVae
+from components.backbones import SdUnet
+from components.conditioners import ClipText
+from zoo import catalog, diffusers_layout
 from zoo import checkpoint as ckpt
 from zoo.catalog import format_errors
 from zoo.errors import CheckpointError, SpecError
 from zoo.model import Model
-from zoo.specs import RunSpec
+from zoo.specs import ModelSpec, RunSpec
 from zoo.tensorfile import read_safetensors
 
 
@@ -39,11 +42,17 @@ def load(ref: str, *, weights: str | None = None, ema: bool = True, device: str 
                 f"{ref!r} has no weights: pass weights='<URL of a .safetensors file or checkpoint>' "
                 "(nothing is downloaded), or use zoo.build() for an untrained model"
             )
+        if diffusers_layout.is_diffusers_folder(url):
+            return load_diffusers(url, run.model, run.name).to(device).eval()
         model = Model(run.model, run.name)
         load_weights(model, url, ema)
         return model.to(device).eval()
     if overrides:
         raise SpecError("overrides apply to catalog names; a checkpoint carries its own spec")
+    if weights is not None:
+        raise SpecError(f"weights= applies to catalog names; {ref!r} is a checkpoint or weights folder itself")
+    if diffusers_layout.is_diffusers_folder(ref):
+        return load_diffusers(ref).to(device).eval()
     c = ckpt.Checkpoint(ckpt.resolve(ref))
     try:
         run = RunSpec.model_validate_json(c.spec_json())
@@ -53,6 +62,19 @@ def load(ref: str, *, weights: str | None = None, ema: bool = True, device: str 
     model = Model(run.model, run.name)
     fit_weights(model, c.tensors("ema.safetensors" if ema else "model.safetensors"), c.url)
     return model.to(device).eval()
+
+
+def load_diffusers(url: str, spec: ModelSpec | None = None, name: str | None = None) -> Model:
+    """A model from a Stable-Diffusion-layout folder (local path or any fsspec URL): its spec is
+    the folder's own, or ``spec`` (a catalog entry) checked field by field against the folder."""
+    spec = diffusers_layout.spec_from_folder(url) if spec is None else spec
+    p = diffusers_layout.read_parts(spec, url)
+    parts = {
+        "autoencoder": KlVae(spec.autoencoder, vae=p["vae"]),
+        "conditioner": ClipText(spec.conditioner, text_model=p["text_encoder"], tokenizer=p["tokenizer"]),
+        "backbone": SdUnet(spec.backbone, unet=p["unet"]),
+    }
+    return Model(spec, name or url.rstrip("/").rsplit("/", 1)[-1], parts=parts)
 
 
 def _is_catalog_name(ref: str) -> bool:

@@ -19,6 +19,7 @@ from components.denoisers import Denoiser, bind, count_calls
 from components.grids import GridSpec
 from components.random import RandomSource
 from components.solvers import SolverSpec
+from zoo import diffusers_layout
 from zoo.catalog import format_errors
 from zoo.errors import SpecError
 from zoo.specs import ModelSpec
@@ -40,13 +41,19 @@ def _component(adapter: TypeAdapter, value: Any, field: str) -> Any:
 
 
 class Model(nn.Module):
-    def __init__(self, spec: ModelSpec, name: str | None = None):
+    def __init__(self, spec: ModelSpec, name: str | None = None, parts: dict[str, nn.Module] | None = None):
+        """``parts`` may hold prebuilt "autoencoder", "conditioner" and "backbone" modules (e.g. read
+        from a diffusers folder); the others are built from the spec."""
         super().__init__()
+        parts = parts or {}
+        unknown = set(parts) - {"autoencoder", "conditioner", "backbone"}
+        if unknown:
+            raise ValueError(f"unknown model parts {sorted(unknown)}")
         self.spec, self.name = spec, name or "model"
         self.process = spec.process.build()
-        self.autoencoder = spec.autoencoder.build()
-        self.conditioner = spec.conditioner.build()
-        self.denoiser = Denoiser(spec.backbone.build(), self.process, spec.denoiser.build())
+        self.autoencoder = parts["autoencoder"] if "autoencoder" in parts else spec.autoencoder.build()
+        self.conditioner = parts["conditioner"] if "conditioner" in parts else spec.conditioner.build()
+        self.denoiser = Denoiser(parts["backbone"] if "backbone" in parts else spec.backbone.build(), self.process, spec.denoiser.build())
 
     @property
     def device(self) -> torch.device:
@@ -60,6 +67,11 @@ class Model(nn.Module):
     def trainable_state_dict(self) -> dict[str, Tensor]:
         """The weights a checkpoint stores: the denoiser's (frozen parts come from their URLs)."""
         return self.denoiser.state_dict()
+
+    def export_diffusers(self, url: str) -> None:
+        """Write a Stable-Diffusion-layout folder (kl_vae + sd_unet + clip_text models) that
+        diffusers' StableDiffusionPipeline.from_pretrained loads; any fsspec URL."""
+        diffusers_layout.export(self, url)
 
     # -- data to the space diffusion runs in ---------------------------------------------------
     def encode(self, images: Tensor) -> Tensor:
@@ -89,7 +101,7 @@ class Model(nn.Module):
     ) -> Tensor:
         """Draw n images in [0, 1] with the spec's default solver/grid/steps unless given.
 
-        ``seed`` is one seed for the whole batch or one per sample; ``noise`` (a RandomSource)
+        ``seed`` is one seed for the whole batch or one per sample; ``rng`` (a RandomSource)
         overrides it, e.g. one generator per request in a served batch.
         """
         if n < 1:

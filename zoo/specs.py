@@ -62,9 +62,15 @@ class ModelSpec(Spec):
             raise ValueError(f"backbone.out_channels={bb.out_channels} but the denoiser needs {latent_c} channels")
         if bb.resolution != latent_size:
             raise ValueError(f"backbone.resolution={bb.resolution} but the autoencoder gives {latent_size}x{latent_size}")
-        n_cls = getattr(self.conditioner, "num_classes", None)
-        if n_cls != bb.num_classes:
-            raise ValueError(f"conditioner has num_classes={n_cls} but backbone.num_classes={bb.num_classes}")
+        n_cls, bb_cls = getattr(self.conditioner, "num_classes", None), getattr(bb, "num_classes", None)
+        if n_cls != bb_cls:
+            raise ValueError(f"conditioner has num_classes={n_cls} but backbone.num_classes={bb_cls}")
+        text, bb_text = getattr(self.conditioner, "hidden_size", None), getattr(bb, "cross_attention_dim", None)
+        if text != bb_text:
+            if text is None:
+                raise ValueError(f"backbone.cross_attention_dim={bb_text} needs a text conditioner (clip_text); "
+                                 f"the conditioner is {self.conditioner.kind}")
+            raise ValueError(f"conditioner.hidden_size={text} but backbone.cross_attention_dim={bb_text}")
         if self.sampling.guidance and self.conditioner.kind == "unconditional":
             raise ValueError("sampling.guidance needs a conditioner; this model is unconditional")
         return self

@@ -1,8 +1,13 @@
-"""Autoencoders: map images to the space diffusion runs in (identity for pixel models;
-KL-VAE f=8 for latent models joins the union later). kind = file stem."""
+"""Autoencoders: map images to the space diffusion runs in (identity for pixel models, the
+KL-VAE f=8 for latent models). kind = file stem; the union is the registry."""
+
+from typing import Annotated, Union
+
+from pydantic import Field
 
 from components.autoencoders.identity import Identity, IdentitySpec
+from components.autoencoders.kl_vae import KlVae, KlVaeSpec
 
-AutoencoderSpec = IdentitySpec
+AutoencoderSpec = Annotated[Union[IdentitySpec, KlVaeSpec], Field(discriminator="kind")]
 
-__all__ = ["AutoencoderSpec", "Identity", "IdentitySpec"]
+__all__ = ["AutoencoderSpec", "Identity", "IdentitySpec", "KlVae", "KlVaeSpec"]

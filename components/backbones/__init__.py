@@ -1,11 +1,17 @@
 """Backbones: plain nn.Module(x, c_noise, cond) -> tensor; they know nothing of processes.
 
-BackboneSpec is the union of the backbone kinds (kind = file stem). While there is one kind it
-is that spec itself; later kinds (dit, sd_unet, ...) join as union members.
+BackboneSpec is the union of the backbone kinds (kind = file stem): the DDPM UNet of pixel
+models, the Stable Diffusion UNet (cross-attention to text) and DiT.
 """
 
+from typing import Annotated, Union
+
+from pydantic import Field
+
+from components.backbones.dit import Dit, DitSpec
+from components.backbones.sd_unet import SdUnet, SdUnetSpec
 from components.backbones.unet import UNet, UNetSpec
 
-BackboneSpec = UNetSpec
+BackboneSpec = Annotated[Union[UNetSpec, SdUnetSpec, DitSpec], Field(discriminator="kind")]
 
-__all__ = ["BackboneSpec", "UNet", "UNetSpec"]
+__all__ = ["BackboneSpec", "Dit", "DitSpec", "SdUnet", "SdUnetSpec", "UNet", "UNetSpec"]

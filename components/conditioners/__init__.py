@@ -6,8 +6,9 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.conditioners.class_label import ClassLabel, ClassLabelSpec
+from components.conditioners.clip_text import ClipText, ClipTextSpec
 from components.conditioners.unconditional import Unconditional, UnconditionalSpec
 
-ConditionerSpec = Annotated[Union[UnconditionalSpec, ClassLabelSpec], Field(discriminator="kind")]
+ConditionerSpec = Annotated[Union[UnconditionalSpec, ClassLabelSpec, ClipTextSpec], Field(discriminator="kind")]
 
-__all__ = ["ClassLabel", "ClassLabelSpec", "ConditionerSpec", "Unconditional", "UnconditionalSpec"]
+__all__ = ["ClassLabel", "ClassLabelSpec", "ClipText", "ClipTextSpec", "ConditionerSpec", "Unconditional", "UnconditionalSpec"]

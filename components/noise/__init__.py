@@ -10,12 +10,13 @@ from components.noise.rectified import Rectified, RectifiedSpec
 from components.noise.ve import Ve, VeSpec
 from components.noise.vp_cosine import VpCosine, VpCosineSpec
 from components.noise.vp_linear import VpLinear, VpLinearSpec
+from components.noise.vp_scaled_linear import VpScaledLinear, VpScaledLinearSpec
 
 NoiseSpec = Annotated[
-    Union[VpLinearSpec, VpCosineSpec, VeSpec, EdmProcessSpec, RectifiedSpec], Field(discriminator="kind")
+    Union[VpLinearSpec, VpScaledLinearSpec, VpCosineSpec, VeSpec, EdmProcessSpec, RectifiedSpec], Field(discriminator="kind")
 ]
 
 __all__ = [
     "EdmProcess", "EdmProcessSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve", "VeSpec",
-    "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec",
+    "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec", "VpScaledLinear", "VpScaledLinearSpec",
 ]
