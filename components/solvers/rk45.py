@@ -117,6 +117,7 @@ class Rk45:
             h_abs = torch.where(rejected, h_abs, torch.maximum(h_abs, min_step))
             t_new = torch.maximum(t - h_abs, torch.full_like(t, t1))
             h = torch.where(done, torch.zeros_like(t), t - t_new)  # > 0: time runs down
+            h_abs = torch.where(done, h_abs, h)  # clipped at t_min, as scipy does before its update
             k = [fy]
             for s in range(1, 6):
                 dy = sum(a * ki for a, ki in zip(A[s], k))
