@@ -16,7 +16,7 @@ import torch
 
 import zoo
 from components.grids import GridSpec
-from components.noise import EdmSpec, RectifiedSpec, VpCosineSpec, VpLinearSpec
+from components.noise import EdmProcessSpec, RectifiedSpec, VpCosineSpec, VpLinearSpec
 from components.solvers import SolverSpec
 from zoo.model import Model
 from tests.conftest import tiny_overrides
@@ -56,7 +56,7 @@ PROCESSES = {
     "vp_chain": VpLinearSpec(),
     "vp_cosine_chain": VpCosineSpec(),
     "vp_continuous": VpLinearSpec(timesteps=None),
-    "edm": EdmSpec(),
+    "edm": EdmProcessSpec(),
     "rectified": RectifiedSpec(),
 }
 
