@@ -11,12 +11,9 @@ from typing import Optional
 
 import typer
 
+from zoo.cli_args import fail as _fail
+
 data_app = typer.Typer(no_args_is_help=True, help="Pack and encode training shards (Parquet, any fsspec URL).")
-
-
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @data_app.command("pack")
@@ -79,7 +76,7 @@ def submit(
     import zoo
     from jobs.submit import JobFailedError
     from jobs.submit import submit as run_submit
-    from zoo.cli import parse_overrides
+    from zoo.cli_args import parse_overrides
 
     try:
         kw = parse_overrides(overrides or [])

@@ -34,10 +34,10 @@ class Source:
     def load(self, device: str | torch.device = "cpu") -> Model:
         if self.model is not None:
             return self.model.to(device).eval()
-        import zoo
+        from zoo.loading import load
 
         o = self.options
-        model = zoo.load(o.model, weights=o.weights, ema=o.ema, device=device, **o.overrides)
+        model = load(o.model, weights=o.weights, ema=o.ema, device=device, **o.overrides)
         if model.spec != self.spec:
             raise CheckpointError(f"{o.model}: the spec loaded on the replica differs from the one resolved at build time")
         return model

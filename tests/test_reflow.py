@@ -122,7 +122,8 @@ def test_sharded_pairs_hold_the_same_columns(tiny_rf, tmp_path):
     by the streamed pipeline's decoder, visible only with their index."""
     from jobs.pack import iter_rows
     from jobs.shards import ShardIndex, decode_batch, read_index
-    from zoo.reflow import iter_pairs, write_pairs
+    from jobs.reflow import write_pairs
+    from zoo.reflow import iter_pairs
 
     run, _ = tiny_rf
     model = zoo.load(run.checkpoint)

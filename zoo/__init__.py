@@ -17,11 +17,14 @@ from zoo.errors import CheckpointError, DataError, NonFiniteLossError, SpecError
 from zoo.images import save_grid
 from zoo.loading import build, load
 from zoo.model import Model
-from zoo.reflow import flow_pairs, reflow, write_pairs
-from zoo.run import Run, train
+from zoo.reflow import flow_pairs
+from zoo.run import Run
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
-from serve.api import client, serve  # noqa: E402  (Ray is imported only when serving)
+# the layers above the core: the facade is the one module that imports every layer
+from jobs.reflow import reflow, write_pairs  # noqa: E402
 from jobs.submit import submit  # noqa: E402  (Ray job submission; ray is imported on use)
+from jobs.train import train  # noqa: E402
+from serve.api import client, serve  # noqa: E402  (Ray is imported only when serving)
 
 __all__ = [
     "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run",
