@@ -54,9 +54,10 @@ def encode(
     """Precompute latents: write SRC's rows with a latent column in place of the image."""
     import zoo
     from jobs.encode import encode as run_encode
+    from zoo.resolve import is_catalog_name
 
     try:
-        m = zoo.load(model, weights=weights) if weights or not zoo.loading._is_catalog_name(model) else zoo.build(model)
+        m = zoo.load(model, weights=weights) if weights or not is_catalog_name(model) else zoo.build(model)
         index = run_encode(src, dest, m, batch_size=batch_size, dtype=dtype, device=device, progress=progress)
     except zoo.ZooError as e:
         _fail(e)

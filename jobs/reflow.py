@@ -1,5 +1,5 @@
 """Reflow's jobs: store (noise, x0) pairs as a dataset, then train the next rectified flow (or the
-k-step distillation) on them (Liu et al. 2022, Algorithm 1). The pairs come from zoo/reflow.py."""
+k-step distillation) on them (Liu et al. 2022, Algorithm 1). The pairs come from zoo/pairs.py."""
 
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ from jobs.train import train
 from zoo import catalog
 from zoo import checkpoint as ckpt
 from zoo.errors import SpecError
-from zoo.loading import load
-from zoo.reflow import concat, iter_pairs
+from zoo.resolve import load_model, resolve
+from zoo.pairs import concat, iter_pairs
 from zoo.run import Run
 
 IN_MEMORY_PAIRS = 2 * 2**30  # bytes of pairs (noise + x0, float32) up to which one .safetensors holds them
@@ -99,8 +99,8 @@ def reflow(
     ``IN_MEMORY_PAIRS`` bytes and to streamed Parquet shards beyond (``sharded=`` forces either).
     ``overrides`` (steps=, batch_size=, ...) change the target;
     ``resume=True`` continues (or reuses) an earlier run of the same target on the same pairs."""
-    checkpoint = ckpt.resolve(source)
-    model = load(checkpoint)
+    checkpoint = ckpt.resolve(source)  # a trained run folder or checkpoint (not a catalog name)
+    model = load_model(resolve(checkpoint))
     target_name = into or default_target(model.name)
     if distill is not None:
         overrides["objective"] = {"kind": "rf_distill", "steps": distill, "pairs_from": model.name}

@@ -118,13 +118,12 @@ def test_the_scan_sees_what_it_guards():
     assert "zoo.catalog" in g["zoo.loading"] and "zoo.specs" in g["jobs.loop"]
     assert {"serve.api", "jobs.train"} <= g["zoo"]  # the facade imports the layers above the core
     planted = {k: set(v) for k, v in g.items()}
-    planted["zoo.model"].add("zoo.loading")
-    planted["zoo.loading"].add("zoo.model")
-    assert ["zoo.loading", "zoo.model"] in cycles(planted)
+    planted["zoo.errors"].add("zoo.loading")  # zoo.loading reaches zoo.errors: now a circle
+    assert any({"zoo.errors", "zoo.loading"} <= set(c) for c in cycles(planted))
     assert layer("jobs.loop") > layer("zoo.model") > layer("components.spec")
 
 
-@pytest.mark.parametrize("core", ["zoo.specs", "zoo.model", "zoo.loading", "zoo.reflow", "zoo.run"])
+@pytest.mark.parametrize("core", ["zoo.specs", "zoo.model", "zoo.loading", "zoo.pairs", "zoo.resolve", "zoo.run"])
 def test_core_modules_reach_no_jobs_or_serve(core):
     """Transitively: nothing the core imports (outside the facade) is in jobs/ or serve/."""
     g = graph()
@@ -136,3 +135,15 @@ def test_core_modules_reach_no_jobs_or_serve(core):
         seen.add(m)
         todo.extend(g[m])
     assert not [m for m in seen if layer(m) >= 2], sorted(m for m in seen if layer(m) >= 2)
+
+
+@pytest.mark.parametrize("first", ["jobs.entry", "jobs.ray_context", "serve.app"])
+def test_a_jobs_or_serve_module_imports_first(first):
+    """What a Ray worker or a submitted job imports first loads without a circular import (the
+    facade loads jobs and serve lazily, since importing any zoo module runs zoo/__init__.py)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", f"import {first}; import zoo; zoo.train, zoo.reflow, zoo.serve"],
+                          cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""Reflow (Liu et al. 2022, "Flow Straight and Fast", Algorithm 1) and k-step distillation.
+"""Reflow pairs (Liu et al. 2022, "Flow Straight and Fast", Algorithm 1): (noise, x0 = ODE(noise)) from a trained flow.
 
     pairs = zoo.flow_pairs(model, 10_000)              # {"noise": eps, "latent": ODE(eps), ["label"]}
     run = zoo.reflow("runs/rf-digits-<hash>")          # pairs -> train 2-rf-digits on them (jobs/reflow.py)
