@@ -31,6 +31,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from zoo.errors import CheckpointError
+from zoo.urls import with_protocol
 
 MANIFEST = "manifest.json"
 FILES = ("spec.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
@@ -114,7 +115,7 @@ def prune(root: str, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` complete checkpoints under ``root``; incomplete ones
     older than the newest complete one go too."""
     found = _candidates(root)
-    complete = [(s, p) for s, p in found if is_complete(_unstrip(root, p))]
+    complete = [(s, p) for s, p in found if is_complete(with_protocol(root, p))]
     if not complete:
         return []
     keep_paths = {p for _, p in sorted(complete)[-keep:]}
@@ -135,9 +136,9 @@ def latest(url: str) -> str | None:
     if fs.exists(posixpath.join(root, MANIFEST)):
         return url if is_complete(url) else None
     for base in (posixpath.join(root, "checkpoints"), root):
-        for _, p in sorted(_candidates(_unstrip(url, base)), reverse=True):
-            if is_complete(_unstrip(url, p)):
-                return _unstrip(url, p)
+        for _, p in sorted(_candidates(with_protocol(url, base)), reverse=True):
+            if is_complete(with_protocol(url, p)):
+                return with_protocol(url, p)
     return None
 
 
@@ -217,11 +218,6 @@ def _fs(url: str) -> fsspec.AbstractFileSystem:
 
 def _strip(url: str) -> str:
     return fsspec.core.url_to_fs(url)[1]
-
-
-def _unstrip(url: str, path: str) -> str:
-    proto = url.split("://", 1)[0] + "://" if "://" in url else ""
-    return proto + path
 
 
 def _candidates(root: str) -> list[tuple[int, str]]:

@@ -15,6 +15,7 @@ from zoo import catalog
 from zoo import checkpoint as ckpt
 from zoo.errors import SpecError
 from zoo.specs import RunSpec
+from zoo.urls import with_protocol
 
 
 @dataclass
@@ -72,14 +73,10 @@ def run_directory(run: RunSpec, resume: bool | str) -> tuple[str, str | None]:
     existing.sort()
     if resume:
         for _, p in reversed(existing):
-            url = _with_protocol(base, p)
+            url = with_protocol(base, p)
             if ckpt.latest(url) is not None:
                 return url, url
         raise SpecError(f"resume=True: no run of {run.name} (spec {run.hash()}) with a checkpoint under {run.train.output!r}")
     if not existing:
         return base, None
     return f"{base}-{existing[-1][0] + 1}", None
-
-
-def _with_protocol(template: str, path: str) -> str:
-    return template.split("://", 1)[0] + "://" + path if "://" in template else path
