@@ -11,12 +11,9 @@ from typing import Optional
 
 import typer
 
+from zoo.cli_args import fail as _fail
+
 data_app = typer.Typer(no_args_is_help=True, help="Pack and encode training shards (Parquet, any fsspec URL).")
-
-
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
 
 
 @data_app.command("pack")
@@ -58,9 +55,10 @@ def encode(
     """Precompute latents: write SRC's rows with a latent column in place of the image."""
     import zoo
     from jobs.encode import encode as run_encode
+    from zoo.resolve import is_catalog_name
 
     try:
-        m = zoo.load(model, weights=weights) if weights or not zoo.loading._is_catalog_name(model) else zoo.build(model)
+        m = zoo.load(model, weights=weights) if weights or not is_catalog_name(model) else zoo.build(model)
         index = run_encode(src, dest, m, batch_size=batch_size, dtype=dtype, device=device, progress=progress)
     except zoo.ZooError as e:
         _fail(e)
@@ -80,7 +78,7 @@ def submit(
     import zoo
     from jobs.submit import JobFailedError
     from jobs.submit import submit as run_submit
-    from zoo.cli import parse_overrides
+    from zoo.cli_args import parse_overrides
 
     try:
         kw = parse_overrides(overrides or [])

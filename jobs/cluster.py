@@ -90,7 +90,8 @@ def code_runtime_env() -> dict:
     """Ship this package's code to a cluster that may not have it (or an older version)."""
     import components
     import jobs
-    import zoo
+    from zoo import errors  # the zoo package's folder, named through a core module (not the facade)
 
-    return {"py_modules": [os.path.dirname(m.__file__) for m in (zoo, components, jobs)],
+    zoo_dir = os.path.dirname(errors.__file__)
+    return {"py_modules": [zoo_dir] + [os.path.dirname(m.__file__) for m in (components, jobs)],
             "excludes": ["__pycache__", "*.pyc"]}

@@ -25,7 +25,7 @@ from torch import Tensor
 from components.random import RandomSource, derive_seed
 from zoo.errors import DataError
 from zoo.specs import TrainSpec
-from zoo.tensorfile import read_safetensors
+from zoo.tensorfile import read_tensor_file
 
 BUILTIN = ("builtin:digits",)
 
@@ -68,10 +68,6 @@ class InMemoryData:
 
     def close(self) -> None:
         pass
-
-
-def read_tensor_file(url: str) -> dict[str, Tensor]:
-    return read_safetensors(url, DataError, f"data={url!r}")
 
 
 def kind(url: str | None) -> str:

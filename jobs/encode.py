@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from jobs.pack import _write_index, _write_shard
+from jobs.pack import write_index, write_shard
 from jobs.shards import INDEX, ShardIndex, decode_pixels, decode_png, read_index
 from zoo.errors import DataError
 
@@ -69,11 +69,11 @@ def encode(src: str, dest: str, model, *, batch_size: int = 64, dtype: str = "fl
                 out.append({"key": r["key"], "latent": zi.astype(np_dtype).tobytes(),
                             "label": r.get("label"), "caption": r.get("caption")})
             bar.update(len(chunk))
-        shards.append(_write_shard(fs, root, i, out, has_label, has_caption, latent=True))
+        shards.append(write_shard(fs, root, i, out, has_label, has_caption, latent=True))
     bar.close()
     columns = ["key", "latent"] + (["label"] if has_label else []) + (["caption"] if has_caption else [])
     new = ShardIndex(source=f"{src} encoded by {model.name}", columns=columns, image_size=index.image_size,
                      channels=index.channels, latent_shape=shape, latent_dtype=dtype, classes=index.classes,
                      rows=sum(s.rows for s in shards), shards=shards)
-    _write_index(fs, root, new)
+    write_index(fs, root, new)
     return new

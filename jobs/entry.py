@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-import zoo
+from jobs.train import train
 from zoo.specs import RunSpec
 
 
@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     with open(args.spec) as f:
         run = RunSpec.model_validate_json(f.read())
     resume = False if args.resume is None else (True if args.resume == "latest" else args.resume)
-    result = zoo.train(run, resume=resume, progress=True)
+    result = train(run, resume=resume, progress=True)
     print(f"run:        {result.dir}")
     print(f"checkpoint: {result.checkpoint}")
     if result.grid:

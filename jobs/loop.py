@@ -125,7 +125,8 @@ def _steps(run: RunSpec, ctx: WorkerContext, p: Parts, start: int, bar) -> dict[
             loss, metrics = _micro_step(model, trained, objective, part, tr, step, rows, device, p.amp_dtype)
             if not torch.isfinite(loss):
                 raise NonFiniteLossError(
-                    f"{run.name}: loss is {loss.item()} at step {step}; stopping. The last good checkpoint "
+                    f"{run.name}: loss is {loss.item()} in step {step + 1} (steps count from 1, as checkpoint "
+                    f"names do: {ckpt.step_dir(step)} is the state before it); stopping. The last good checkpoint "
                     "stays the resume point (lower the lr, enable grad_clip or use fp32/bf16)."
                 )
             with parallel.no_sync(wrapped, m < tr.accumulation - 1):
@@ -135,7 +136,8 @@ def _steps(run: RunSpec, ctx: WorkerContext, p: Parts, start: int, bar) -> dict[
             scaler.unscale_(optimizer)
             norm = parallel.full(torch.nn.utils.clip_grad_norm_(model.denoiser.parameters(), tr.optimizer.grad_clip))
             if tr.precision != "fp16" and not torch.isfinite(norm):  # fp16: the scaler skips the step
-                raise NonFiniteLossError(f"{run.name}: gradient norm is {norm.item()} at step {step}; stopping "
+                raise NonFiniteLossError(f"{run.name}: gradient norm is {norm.item()} in step {step + 1} "
+                                         f"(after {ckpt.step_dir(step)}); stopping "
                                          "before the weights are touched. The last good checkpoint stays the resume point.")
         scaler.step(optimizer)
         scaler.update()

@@ -101,7 +101,7 @@ def write_samples(samples: list[Sample], dest: str, *, source: str, classes: lis
     def flush() -> None:
         nonlocal rows, nbytes
         if rows:
-            shards.append(_write_shard(fs, root, len(shards), rows, has_label, has_caption, pixels=pixels == "raw"))
+            shards.append(write_shard(fs, root, len(shards), rows, has_label, has_caption, pixels=pixels == "raw"))
             rows, nbytes = [], 0
 
     bar = tqdm(total=len(samples), desc=f"pack {source}", unit="img", disable=not progress, mininterval=1.0)
@@ -122,12 +122,12 @@ def write_samples(samples: list[Sample], dest: str, *, source: str, classes: lis
     columns = ["key", column] + (["label"] if has_label else []) + (["caption"] if has_caption else [])
     index = ShardIndex(source=source, columns=columns, image_size=seen_size, channels=channels, classes=classes,
                        rows=sum(s.rows for s in shards), shards=shards)
-    _write_index(fs, root, index)
+    write_index(fs, root, index)
     return index
 
 
-def _write_shard(fs, root: str, i: int, rows: list[dict[str, Any]], has_label: bool, has_caption: bool,
-                 latent: bool = False, noise: bool = False, pixels: bool = False) -> ShardInfo:
+def write_shard(fs, root: str, i: int, rows: list[dict[str, Any]], has_label: bool, has_caption: bool,
+                latent: bool = False, noise: bool = False, pixels: bool = False) -> ShardInfo:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -149,7 +149,7 @@ def _write_shard(fs, root: str, i: int, rows: list[dict[str, Any]], has_label: b
     return ShardInfo(name=shard, rows=len(rows), bytes=len(blob))
 
 
-def _write_index(fs, root: str, index: ShardIndex) -> None:
+def write_index(fs, root: str, index: ShardIndex) -> None:
     with fs.open(posixpath.join(root, INDEX), "w") as f:
         f.write(index.model_dump_json(indent=1))
 

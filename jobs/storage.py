@@ -8,6 +8,8 @@ import posixpath
 import fsspec
 import pyarrow.fs
 
+from zoo.urls import with_protocol  # noqa: F401  (jobs.storage.with_protocol: the core's one helper)
+
 
 def is_local(url: str) -> bool:
     fs = fsspec.core.url_to_fs(url)[0]
@@ -25,8 +27,3 @@ def pyarrow_fs(url: str) -> tuple[pyarrow.fs.FileSystem, str]:
 
 def join(url: str, *parts: str) -> str:
     return posixpath.join(url.rstrip("/"), *parts)
-
-
-def with_protocol(template: str, path: str) -> str:
-    """``path`` (as an fsspec filesystem lists it) as a URL with ``template``'s protocol."""
-    return template.split("://", 1)[0] + "://" + path if "://" in template else path

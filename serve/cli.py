@@ -68,7 +68,7 @@ def serve_command(
         else:
             if not models:
                 raise typer.BadParameter("name a model: a catalog name (with --weights) or a checkpoint URL")
-            from zoo.cli import parse_overrides
+            from zoo.cli_args import parse_overrides
 
             per_model: dict = {**parse_replicas(replicas), "resources": {"num_cpus": cpus, "num_gpus": gpus}}
             if target_ongoing_requests is not None:

@@ -20,7 +20,8 @@ import yaml
 
 from serve.app import ingress_deployment_options, model_deployment_options
 from serve.options import ServeOptions
-from serve.source import is_catalog_name, resolve
+from serve.source import resolve
+from zoo.resolve import is_catalog_name
 
 IMPORT_PATH = "serve.app:build"
 

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import zoo
 from tests.conftest import tiny_overrides
 from zoo.cli import app
-from zoo.reflow import flow_pairs
+from zoo.pairs import flow_pairs
 
 runner = CliRunner()
 
@@ -122,7 +122,8 @@ def test_sharded_pairs_hold_the_same_columns(tiny_rf, tmp_path):
     by the streamed pipeline's decoder, visible only with their index."""
     from jobs.pack import iter_rows
     from jobs.shards import ShardIndex, decode_batch, read_index
-    from zoo.reflow import iter_pairs, write_pairs
+    from jobs.reflow import write_pairs
+    from zoo.pairs import iter_pairs
 
     run, _ = tiny_rf
     model = zoo.load(run.checkpoint)

@@ -17,11 +17,32 @@ from zoo.errors import CheckpointError, DataError, NonFiniteLossError, SpecError
 from zoo.images import save_grid
 from zoo.loading import build, load
 from zoo.model import Model
-from zoo.reflow import flow_pairs, reflow, write_pairs
-from zoo.run import Run, train
+from zoo.pairs import flow_pairs
+from zoo.run import Run
 from zoo.specs import ModelSpec, RunSpec, TrainSpec
-from serve.api import client, serve  # noqa: E402  (Ray is imported only when serving)
-from jobs.submit import submit  # noqa: E402  (Ray job submission; ray is imported on use)
+
+
+def __getattr__(name: str):
+    """The layers above the core (jobs, serve), loaded on first use: every jobs/serve module imports
+    core modules (zoo.specs, ...), which runs this file first, so importing them here eagerly
+    would import jobs while jobs is being imported. The facade is the one module that imports
+    every layer."""
+    if name == "train":
+        from jobs.train import train as found
+    elif name == "reflow":
+        from jobs.reflow import reflow as found
+    elif name == "write_pairs":
+        from jobs.reflow import write_pairs as found
+    elif name == "submit":
+        from jobs.submit import submit as found  # Ray job submission; ray is imported on use
+    elif name == "serve":
+        from serve.api import serve as found  # Ray is imported only when serving
+    elif name == "client":
+        from serve.api import client as found
+    else:
+        raise AttributeError(f"module 'zoo' has no attribute {name!r}")
+    return found
+
 
 __all__ = [
     "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run",

@@ -38,6 +38,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from zoo.errors import CheckpointError
+from zoo.urls import with_protocol
 
 MANIFEST = "manifest.json"
 FILES = ("spec.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
@@ -151,7 +152,7 @@ def prune(root: str, keep: int) -> list[str]:
     """Delete all but the newest ``keep`` complete checkpoints under ``root``; incomplete ones
     older than the newest complete one go too."""
     found = _candidates(root)
-    complete = [(s, p) for s, p in found if is_complete(_unstrip(root, p))]
+    complete = [(s, p) for s, p in found if is_complete(with_protocol(root, p))]
     if not complete:
         return []
     keep_paths = {p for _, p in sorted(complete)[-keep:]}
@@ -172,12 +173,12 @@ def latest(url: str) -> str | None:
     if fs.exists(posixpath.join(root, MANIFEST)):
         return url if is_complete(url) else None
     for base in (posixpath.join(root, "checkpoints"), root):
-        for _, p in sorted(_candidates(_unstrip(url, base)), reverse=True):
-            found = problems(_unstrip(url, p))
+        for _, p in sorted(_candidates(with_protocol(url, base)), reverse=True):
+            found = problems(with_protocol(url, p))
             if not found:
-                return _unstrip(url, p)
+                return with_protocol(url, p)
             if any("malformed" in f or "symlink" in f for f in found):  # not an interrupted write: say so
-                log.warning("skipping checkpoint %s as incomplete: %s", _unstrip(url, p), "; ".join(found))
+                log.warning("skipping checkpoint %s as incomplete: %s", with_protocol(url, p), "; ".join(found))
     return None
 
 
@@ -276,11 +277,6 @@ def _fs(url: str) -> fsspec.AbstractFileSystem:
 
 def _strip(url: str) -> str:
     return fsspec.core.url_to_fs(url)[1]
-
-
-def _unstrip(url: str, path: str) -> str:
-    proto = url.split("://", 1)[0] + "://" if "://" in url else ""
-    return proto + path
 
 
 def _escapes(url: str, path: str, inside: str | None = None) -> str | None:

@@ -22,8 +22,8 @@ def reflow(
 ) -> None:
     """Reflow (Liu et al. 2022): generate pairs with a trained flow, store them, train on them."""
     import zoo
-    from zoo.cli import _fail, component_arg, parse_overrides
-    from zoo.reflow import reflow as run_reflow
+    from zoo.cli_args import component_arg, fail as _fail, parse_overrides
+    from jobs.reflow import reflow as run_reflow
 
     try:
         kw = parse_overrides(overrides or [])

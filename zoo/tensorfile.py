@@ -7,7 +7,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as st_load
 from torch import Tensor
 
-from zoo.errors import ZooError
+from zoo.errors import DataError, ZooError
 
 
 def read_safetensors(url: str, error: type[ZooError], what: str) -> dict[str, Tensor]:
@@ -21,3 +21,8 @@ def read_safetensors(url: str, error: type[ZooError], what: str) -> dict[str, Te
         return st_load(blob)
     except SafetensorError as e:
         raise error(f"{what}: not a valid safetensors file ({e})") from None
+
+
+def read_tensor_file(url: str) -> dict[str, Tensor]:
+    """A training-data .safetensors file of columns; errors are DataErrors naming ``data=``."""
+    return read_safetensors(url, DataError, f"data={url!r}")

@@ -11,10 +11,7 @@ from typing import Optional
 
 import typer
 
-
-def _fail(e: Exception) -> None:
-    typer.secho(f"error: {e}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+from zoo.cli_args import fail as _fail
 
 
 def _ints(text: str) -> list[int]:

@@ -23,18 +23,16 @@ import torch
 from pydantic import BaseModel
 
 from zoo import catalog
-from zoo import checkpoint as ckpt
 from zoo.errors import SpecError
 from zoo.evaluation import plan as planning
 from zoo.evaluation import scores
 from zoo.evaluation.sampling import Job, labels_for, run_jobs
 from zoo.evaluation.table import Evaluation
 from zoo.images import save_grid
-from zoo.loading import _is_catalog_name, load
+from zoo.resolve import load_model, resolve
 from zoo.metrics import detectors
 from zoo.metrics.reference import reference
 from zoo.model import Model
-from zoo.specs import RunSpec
 
 DEFAULT_NFE = (1, 2, 4, 8, 16, 32)
 GRID_SAMPLES = 16  # samples per NFE in the saved grids
@@ -167,12 +165,8 @@ def _resolve(model: Model | str, device) -> tuple[Model, str | None, str | None]
         return (model if device is None else model.to(device)), (entry.train.data if entry else None), None
     if not isinstance(model, str):
         raise SpecError(f"model: expected a Model, a run/checkpoint URL or a catalog name, got {type(model).__name__}")
-    if _is_catalog_name(model):
-        return load(model, device=device or "cpu"), catalog.get(model).train.data, None
-    url = ckpt.resolve(model)
-    run = RunSpec.model_validate_json(ckpt.Checkpoint(url).spec_json())
-    run_dir = url.rstrip("/").rsplit("/checkpoints/", 1)[0] if "/checkpoints/" in url else None
-    return load(url, device=device or "cpu"), run.train.data, run_dir
+    r = resolve(model)
+    return load_model(r, device=device or "cpu"), r.run.train.data if r.run is not None else None, r.run_dir
 
 
 def _display_names(models: list[Model]) -> list[str]:

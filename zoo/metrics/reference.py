@@ -116,7 +116,7 @@ def load_images(data: str, progress: bool = True) -> Tensor:
     if data.startswith("builtin:"):
         raise DataError(f"unknown builtin data {data!r}; built in: builtin:digits[:train|:heldout]")
     if data.endswith(".safetensors"):
-        from jobs.data import read_tensor_file
+        from zoo.tensorfile import read_tensor_file
 
         cols = read_tensor_file(data)
         if "image" not in cols:
