@@ -40,11 +40,7 @@ IN_MEMORY_PAIRS = 2 * 2**30  # bytes of pairs (noise + x0, float32) up to which 
 
 def is_deterministic(solver: Any) -> bool:
     """Whether a solver spec integrates the ODE (reflow needs a deterministic coupling)."""
-    return (
-        solver.kind not in ("ddpm", "euler_maruyama")
-        and getattr(solver, "eta", 0.0) == 0
-        and getattr(solver, "s_churn", 0.0) == 0
-    )
+    return bool(solver.deterministic)
 
 
 def flow_pairs(model: Model, n: int, **kw: Any) -> dict[str, Tensor]:

@@ -2,7 +2,10 @@
 KL-VAE f=8 for latent models joins the union later). kind = file stem."""
 
 from components.autoencoders.identity import Identity, IdentitySpec
+from components.registry import Registry
 
 AutoencoderSpec = IdentitySpec
 
-__all__ = ["AutoencoderSpec", "Identity", "IdentitySpec"]
+AUTOENCODERS = Registry(AutoencoderSpec, "autoencoder")
+
+__all__ = ["AUTOENCODERS", "AutoencoderSpec", "Identity", "IdentitySpec"]

@@ -5,7 +5,10 @@ is that spec itself; later kinds (dit, sd_unet, ...) join as union members.
 """
 
 from components.backbones.unet import UNet, UNetSpec
+from components.registry import Registry
 
 BackboneSpec = UNetSpec
 
-__all__ = ["BackboneSpec", "UNet", "UNetSpec"]
+BACKBONES = Registry(BackboneSpec, "backbone")
+
+__all__ = ["BACKBONES", "BackboneSpec", "UNet", "UNetSpec"]

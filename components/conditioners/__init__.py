@@ -7,7 +7,10 @@ from pydantic import Field
 
 from components.conditioners.class_label import ClassLabel, ClassLabelSpec
 from components.conditioners.unconditional import Unconditional, UnconditionalSpec
+from components.registry import Registry
 
 ConditionerSpec = Annotated[Union[UnconditionalSpec, ClassLabelSpec], Field(discriminator="kind")]
 
-__all__ = ["ClassLabel", "ClassLabelSpec", "ConditionerSpec", "Unconditional", "UnconditionalSpec"]
+CONDITIONERS = Registry(ConditionerSpec, "conditioner")
+
+__all__ = ["CONDITIONERS", "ClassLabel", "ClassLabelSpec", "ConditionerSpec", "Unconditional", "UnconditionalSpec"]

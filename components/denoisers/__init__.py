@@ -10,10 +10,13 @@ from components.denoisers.eps import EpsSpec
 from components.denoisers.v import VSpec
 from components.denoisers.velocity import VelocitySpec
 from components.denoisers.x0 import X0Spec
+from components.registry import Registry
 
 DenoiserSpec = Annotated[Union[EpsSpec, X0Spec, VSpec, VelocitySpec, EdmPrecondSpec], Field(discriminator="kind")]
 
+DENOISERS = Registry(DenoiserSpec, "denoiser")
+
 __all__ = [
-    "Cond", "DenoiseFn", "Denoiser", "DenoiserSpec", "EdmPrecondSpec", "EpsSpec", "Prediction", "VSpec",
+    "DENOISERS",     "Cond", "DenoiseFn", "Denoiser", "DenoiserSpec", "EdmPrecondSpec", "EpsSpec", "Prediction", "VSpec",
     "VelocitySpec", "X0Spec", "bind", "count_calls",
 ]

@@ -10,12 +10,15 @@ from components.noise.rectified import Rectified, RectifiedSpec
 from components.noise.ve import Ve, VeSpec
 from components.noise.vp_cosine import VpCosine, VpCosineSpec
 from components.noise.vp_linear import VpLinear, VpLinearSpec
+from components.registry import Registry
 
 NoiseSpec = Annotated[
     Union[VpLinearSpec, VpCosineSpec, VeSpec, EdmProcessSpec, RectifiedSpec], Field(discriminator="kind")
 ]
 
+PROCESSES = Registry(NoiseSpec, "noise process")
+
 __all__ = [
-    "EdmProcess", "EdmProcessSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve", "VeSpec",
+    "PROCESSES",     "EdmProcess", "EdmProcessSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve", "VeSpec",
     "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec",
 ]

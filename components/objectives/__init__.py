@@ -10,12 +10,15 @@ from components.objectives.edm import EdmLoss, EdmLossSpec
 from components.objectives.flow_matching import FlowMatching, FlowMatchingSpec
 from components.objectives.rectified_flow import RectifiedFlow, RectifiedFlowSpec
 from components.objectives.rf_distill import RfDistill, RfDistillSpec
+from components.registry import Registry
 
 ObjectiveSpec = Annotated[
     Union[DsmSpec, EdmLossSpec, RectifiedFlowSpec, FlowMatchingSpec, RfDistillSpec], Field(discriminator="kind")
 ]
 
+OBJECTIVES = Registry(ObjectiveSpec, "objective")
+
 __all__ = [
-    "Dsm", "DsmSpec", "EdmLoss", "EdmLossSpec", "FlowMatching", "FlowMatchingSpec", "Objective", "ObjectiveSpec",
+    "OBJECTIVES",     "Dsm", "DsmSpec", "EdmLoss", "EdmLossSpec", "FlowMatching", "FlowMatchingSpec", "Objective", "ObjectiveSpec",
     "RectifiedFlow", "RectifiedFlowSpec", "RfDistill", "RfDistillSpec",
 ]

@@ -13,6 +13,7 @@ from components.solvers.euler_maruyama import EulerMaruyama, EulerMaruyamaSpec
 from components.solvers.heun import Heun, HeunSpec
 from components.solvers.rf_euler import RfEuler, RfEulerSpec
 from components.solvers.rk45 import Rk45, Rk45Info, Rk45Spec
+from components.registry import Registry
 
 SolverSpec = Annotated[
     Union[
@@ -21,8 +22,10 @@ SolverSpec = Annotated[
     Field(discriminator="kind"),
 ]
 
+SOLVERS = Registry(SolverSpec, "solver")
+
 __all__ = [
-    "Ddim", "DdimSpec", "Ddpm", "DdpmSpec", "Dpmpp2m", "Dpmpp2mSpec", "Euler", "EulerMaruyama",
+    "SOLVERS",     "Ddim", "DdimSpec", "Ddpm", "DdpmSpec", "Dpmpp2m", "Dpmpp2mSpec", "Euler", "EulerMaruyama",
     "EulerMaruyamaSpec", "EulerSpec", "Heun", "HeunSpec", "RfEuler", "RfEulerSpec", "Rk45", "Rk45Info",
     "Rk45Spec", "Solver", "SolverSpec",
 ]

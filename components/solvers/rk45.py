@@ -12,7 +12,7 @@ x0_hat when t_min > 0. Only the grid's first time is used: the tolerances set th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -23,11 +23,12 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, derivative_at
+from components.solvers.base import SolverTraits, at, derivative_at
 from components.spec import Spec
 
 
-class Rk45Spec(Spec):
+class Rk45Spec(SolverTraits, Spec):
+    has_step: ClassVar[bool] = False  # multistep / adaptive: no one-step form
     kind: Literal["rk45"] = "rk45"
     rtol: float = Field(1e-5, gt=0, description="relative tolerance (score_sde: 1e-5)")
     atol: float = Field(1e-5, gt=0, description="absolute tolerance (score_sde: 1e-5)")
