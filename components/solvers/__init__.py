@@ -5,6 +5,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.solvers.base import Solver
+from components.solvers.consistency import ConsistencySampler, ConsistencySamplerSpec
 from components.solvers.ddim import Ddim, DdimSpec
 from components.solvers.ddpm import Ddpm, DdpmSpec
 from components.solvers.dpmpp_2m import Dpmpp2m, Dpmpp2mSpec
@@ -17,7 +18,8 @@ from components.registry import Registry
 
 SolverSpec = Annotated[
     Union[
-        DdpmSpec, DdimSpec, EulerSpec, HeunSpec, Dpmpp2mSpec, EulerMaruyamaSpec, RfEulerSpec, Rk45Spec
+        DdpmSpec, DdimSpec, EulerSpec, HeunSpec, Dpmpp2mSpec, EulerMaruyamaSpec, RfEulerSpec, Rk45Spec,
+        ConsistencySamplerSpec,
     ],
     Field(discriminator="kind"),
 ]
@@ -25,6 +27,7 @@ SolverSpec = Annotated[
 SOLVERS = Registry(SolverSpec, "solver")
 
 __all__ = [
+    "ConsistencySampler", "ConsistencySamplerSpec",
     "SOLVERS",     "Ddim", "DdimSpec", "Ddpm", "DdpmSpec", "Dpmpp2m", "Dpmpp2mSpec", "Euler", "EulerMaruyama",
     "EulerMaruyamaSpec", "EulerSpec", "Heun", "HeunSpec", "RfEuler", "RfEulerSpec", "Rk45", "Rk45Info",
     "Rk45Spec", "Solver", "SolverSpec",
