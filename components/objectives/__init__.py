@@ -5,6 +5,7 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.objectives.base import Objective
+from components.objectives.cd import Cd, CdSpec
 from components.objectives.dsm import Dsm, DsmSpec
 from components.objectives.edm import EdmLoss, EdmLossSpec
 from components.objectives.flow_matching import FlowMatching, FlowMatchingSpec
@@ -13,12 +14,13 @@ from components.objectives.rf_distill import RfDistill, RfDistillSpec
 from components.registry import Registry
 
 ObjectiveSpec = Annotated[
-    Union[DsmSpec, EdmLossSpec, RectifiedFlowSpec, FlowMatchingSpec, RfDistillSpec], Field(discriminator="kind")
+    Union[DsmSpec, EdmLossSpec, RectifiedFlowSpec, FlowMatchingSpec, RfDistillSpec, CdSpec], Field(discriminator="kind")
 ]
 
 OBJECTIVES = Registry(ObjectiveSpec, "objective")
 
 __all__ = [
+    "Cd", "CdSpec",
     "OBJECTIVES",     "Dsm", "DsmSpec", "EdmLoss", "EdmLossSpec", "FlowMatching", "FlowMatchingSpec", "Objective", "ObjectiveSpec",
     "RectifiedFlow", "RectifiedFlowSpec", "RfDistill", "RfDistillSpec",
 ]

@@ -1,0 +1,98 @@
+"""Consistency distillation (CM Algorithm 2) checked in closed form: Gaussian data, the exact
+denoiser as the teacher. The consistency function of N(mu, S^2) data is linear,
+f(x, s) = mu + S / sqrt(S^2 + s^2) (x - mu), so a small CD-trained model's one-step samples must
+have the data's mean and std, where one DDIM step from the same teacher collapses onto the mean."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from components.denoisers import ConsistencySpec, bind
+from components.denoisers.base import Denoiser
+from components.grids import KarrasSpec
+from components.noise import EdmProcessSpec
+from components.objectives import OBJECTIVES, CdSpec
+from components.random import RandomSource
+from components.solvers import DdimSpec
+from zoo.testing import GaussianDenoiser
+
+MU = torch.tensor([1.0, -0.5])
+S = torch.tensor([0.5, 0.25])
+
+
+class Mlp(nn.Module):
+    def __init__(self, d: int = 2, width: int = 64):
+        super().__init__()
+        torch.manual_seed(0)
+        self.net = nn.Sequential(nn.Linear(d + 1, width), nn.SiLU(), nn.Linear(width, width), nn.SiLU(),
+                                 nn.Linear(width, d))
+
+    def forward(self, x, c_noise, cond=None):
+        return self.net(torch.cat([x, c_noise.reshape(-1, 1).to(x.dtype)], 1))
+
+
+def setup(**kw):
+    process = EdmProcessSpec().build()
+    teacher = GaussianDenoiser(process, MU, S)
+    student = Denoiser(Mlp(), process, ConsistencySpec().build())
+    obj = CdSpec(**kw).build()
+    obj.attach(student, teacher, total_steps=100)
+    return process, teacher, student, obj
+
+
+def data(step: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(10_000 + step)
+    return MU + S * torch.randn(n, 2, generator=g)
+
+
+def test_cd_state_is_the_target_and_ema_is_exact():
+    _, _, student, obj = setup(mu=0.9)
+    assert all(k.startswith("target.") for k in obj.state_dict()), "the teacher must not be objective state"
+    before = {k: v.clone() for k, v in obj.target.net.state_dict().items()}
+    with torch.no_grad():
+        for p in student.parameters():
+            p.add_(1.0)
+    obj.after_step(student, 0)
+    for k, v in obj.target.net.state_dict().items():
+        torch.testing.assert_close(v, 0.9 * before[k] + 0.1 * student.state_dict()[k])
+    loss, _ = obj.loss(student, {"x0": data(0, 8)}, RandomSource.from_seed(0, 8), 0)
+    loss.backward()
+    assert all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in obj.target.net.parameters())
+
+
+def test_cd_rejects_a_teacher_solver_without_a_deterministic_step():
+    for bad in ("dpmpp_2m", "ddpm", "rk45"):
+        with pytest.raises(ValueError, match="deterministic one-step form"):
+            CdSpec(teacher_solver=bad)
+    assert "cd" in OBJECTIVES.kinds()
+
+
+@pytest.mark.slow
+def test_cd_one_step_samples_match_gaussian_data_where_ddim_collapses():
+    process, teacher, student, obj = setup(levels=18, mu=0.95, teacher_solver="heun")
+    opt = torch.optim.Adam(student.parameters(), lr=2e-3)
+    for step in range(1500):
+        loss, _ = obj.loss(student, {"x0": data(step, 256)}, RandomSource.from_seed(step, 256), step)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        obj.after_step(student, step)
+    n = 20000
+    rng = RandomSource.from_seed(123, n)
+    x_T = process.prior((2,), rng)
+    ts = KarrasSpec().build()(process, 1)
+    with torch.no_grad():
+        cd = student(x_T, torch.full((n,), process.t_max)).x0
+        ddim = DdimSpec().build()(bind(teacher), process, x_T, ts, rng)
+
+    def errs(x):
+        return (x.mean(0) - MU).abs().max().item(), (x.std(0) - S).abs().max().item()
+
+    (cd_m, cd_s), (dd_m, dd_s) = errs(cd), errs(ddim)
+    msg = f"1-step CD: mean err {cd_m:.4f}, std err {cd_s:.4f}; 1-step DDIM: mean err {dd_m:.4f}, std err {dd_s:.4f}"
+    print(msg)
+    assert cd_m < 0.05 and cd_s < 0.05, msg
+    assert cd_s < dd_s / 5, msg
