@@ -96,3 +96,28 @@ def test_cd_one_step_samples_match_gaussian_data_where_ddim_collapses():
     print(msg)
     assert cd_m < 0.05 and cd_s < 0.05, msg
     assert cd_s < dd_s / 5, msg
+
+
+@pytest.mark.slow
+def test_a_cd_run_resumed_mid_way_is_bit_identical_target_network_included(tmp_path):
+    """The whole loop in process (workers=0): a tiny ddpm-digits teacher, a consistency student
+    distilled with CD (DDIM as Phi); 4 steps + resume to 6 == 6 straight, for the weights, their
+    EMA and the objective's target network theta^- (objective.safetensors)."""
+    import zoo
+    from safetensors.torch import load_file
+
+    from tests.conftest import tiny_overrides
+
+    teacher = zoo.train("ddpm-digits", output=str(tmp_path / "t"), progress=False, **tiny_overrides(steps=2))
+    kw = dict(objective={"kind": "cd", "teacher": teacher.dir, "teacher_solver": "ddim", "levels": 6},
+              denoiser={"kind": "consistency"})
+    straight = zoo.train("ddpm-digits", output=str(tmp_path / "a"), progress=False, **tiny_overrides(steps=6, **kw))
+    first = zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, **tiny_overrides(steps=4, **kw))
+    resumed = zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, resume=first.dir,
+                        **tiny_overrides(steps=6, **kw))
+    for name in ("model.safetensors", "ema.safetensors", "objective.safetensors"):
+        a, b = load_file(f"{straight.checkpoint}/{name}"), load_file(f"{resumed.checkpoint}/{name}")
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    target, model = load_file(f"{straight.checkpoint}/objective.safetensors"), load_file(f"{straight.checkpoint}/model.safetensors")
+    assert any(not torch.equal(target[k], model[k.removeprefix("target.net.")]) for k in target
+               if k.removeprefix("target.net.") in model), "theta^- must be the EMA target, not the weights"

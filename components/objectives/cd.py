@@ -31,6 +31,7 @@ from components.spec import Spec
 class CdSpec(Spec):
     kind: Literal["cd"] = "cd"
     teacher: str | None = Field(None, description="the model reference the loop resolves into the frozen teacher")
+    teacher_weights: str | None = Field(None, description="weights for a catalog-name teacher (never downloaded)")
     teacher_solver: str = Field("heun", description="Phi: a solver kind with a deterministic one-step form")
     levels: int = Field(18, ge=2, description="N, the Karras levels (CM: 18 on CIFAR-10)")
     rho: float = Field(7.0, gt=0)
