@@ -121,3 +121,26 @@ def test_a_cd_run_resumed_mid_way_is_bit_identical_target_network_included(tmp_p
     target, model = load_file(f"{straight.checkpoint}/objective.safetensors"), load_file(f"{straight.checkpoint}/model.safetensors")
     assert any(not torch.equal(target[k], model[k.removeprefix("target.net.")]) for k in target
                if k.removeprefix("target.net.") in model), "theta^- must be the EMA target, not the weights"
+
+
+def test_ict_curriculum_level_sampling_and_weighting_follow_the_paper():
+    from components.objectives import IctSpec
+
+    obj = IctSpec().build()
+    obj.attach(Denoiser(Mlp(), EdmProcessSpec().build(), ConsistencySpec().build()), None, total_steps=400_000)
+    # K' = floor(400000 / (log2 128 + 1)) = 50000: N doubles from 11 every 50000 steps up to 1281
+    assert [obj.levels_at(k) for k in (0, 49_999, 50_000, 100_000, 350_000, 399_999)] == [11, 11, 21, 41, 1281, 1281]
+    sig = torch.tensor([0.002, 0.1, 1.0, 80.0], dtype=torch.float64)
+    p = obj.level_probs(sig)
+    # the lognormal N(-1.1, 2^2) mass in each interval, normalised
+    from statistics import NormalDist
+
+    cdf = [NormalDist(-1.1, 2.0).cdf(float(s.log())) for s in sig]
+    want = torch.tensor([b - a for a, b in zip(cdf, cdf[1:])], dtype=torch.float64)
+    torch.testing.assert_close(p, want / want.sum())
+    with pytest.raises(ValueError, match="without a teacher"):
+        obj.attach(None, GaussianDenoiser(EdmProcessSpec().build(), MU, S), 10)
+    student = Denoiser(Mlp(), EdmProcessSpec().build(), ConsistencySpec().build())
+    loss, _ = obj.loss(student, {"x0": data(0, 16)}, RandomSource.from_seed(0, 16), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in student.parameters())
