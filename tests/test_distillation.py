@@ -144,3 +144,42 @@ def test_ict_curriculum_level_sampling_and_weighting_follow_the_paper():
     loss, _ = obj.loss(student, {"x0": data(0, 16)}, RandomSource.from_seed(0, 16), 0)
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in student.parameters())
+
+
+def test_pd_target_makes_one_student_ddim_step_match_two_teacher_steps():
+    """Salimans & Ho Algorithm 2: with x~ as its x-prediction, one DDIM step t -> t'' of the
+    student lands exactly on the teacher's two DDIM steps t -> t' -> t''."""
+    from components.noise import VpCosineSpec
+    from components.objectives.pd import pd_target
+    from components.solvers.base import row_alpha_sigma
+    from components.solvers.ddim import Ddim
+
+    process = VpCosineSpec(timesteps=None).build()
+    teacher = bind(GaussianDenoiser(process, MU.double(), S.double()))
+    t = torch.tensor([0.9, 0.5, 0.2], dtype=torch.float64)
+    t1, t2 = t - 0.05, t - 0.1
+    z = torch.randn(3, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    rng = RandomSource.from_seed(0, 3)
+    two = Ddim().step(teacher, process, Ddim().step(teacher, process, z, t, t1, rng), t1, t2, rng)
+    (a_t, s_t), (a2, s2) = row_alpha_sigma(process, t), row_alpha_sigma(process, t2)
+    x_tilde = pd_target(z, two, a_t, s_t, a2, s2)
+    eps = (z - a_t[:, None] * x_tilde) / s_t[:, None]
+    torch.testing.assert_close(a2[:, None] * x_tilde + s2[:, None] * eps, two, rtol=1e-10, atol=1e-10)
+
+
+def test_pd_student_starts_from_the_teacher_and_trains():
+    from components.objectives import PdSpec
+
+    process = EdmProcessSpec().build()
+    teacher = Denoiser(Mlp(), process, ConsistencySpec().build())
+    with torch.no_grad():
+        for p in teacher.parameters():
+            p.add_(0.1)
+    student = Denoiser(Mlp(), process, ConsistencySpec().build())
+    obj = PdSpec(steps=4).build()
+    obj.attach(student, teacher, 10)
+    assert all(torch.equal(a, b) for a, b in zip(student.parameters(), teacher.parameters()))
+    loss, _ = obj.loss(student, {"x0": data(0, 16)}, RandomSource.from_seed(0, 16), 0)
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in student.parameters())
+    assert all(p.grad is None for p in teacher.parameters())
