@@ -27,6 +27,7 @@ from jobs import parallel
 from jobs.context import WorkerContext
 from jobs.data import open_data
 from jobs.ema import Ema
+from jobs.teacher import load_teacher
 from zoo import checkpoint as ckpt
 from zoo.errors import NonFiniteLossError
 from zoo.loading import fit_weights, load_weights
@@ -37,6 +38,21 @@ from zoo.specs import RunSpec
 def build_optimizer(params, spec) -> torch.optim.Optimizer:
     cls = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}[spec.kind]
     return cls(params, lr=spec.lr, betas=spec.betas, eps=spec.eps, weight_decay=spec.weight_decay)
+
+
+def attach_objective(objective: Any, model: Model, tr: Any, device: torch.device) -> None:
+    """issue-12 hook: objectives with a teacher or a target network (cd, ...) get the frozen
+    teacher (resolved from ``objective.teacher`` by :func:`jobs.teacher.load_teacher`), the student
+    to copy theta^- from, and the run's total steps. Called before any resume, so the restored
+    objective state lands in an existing target network."""
+    if not hasattr(objective, "attach"):
+        return
+    spec = tr.objective
+    teacher = None
+    if getattr(spec, "teacher", None):
+        teacher = load_teacher(spec.teacher, getattr(spec, "teacher_weights", None), device).denoiser
+    objective.attach(model.denoiser, teacher, tr.steps)
+    objective.to(device)
 
 
 def lr_at(step: int, spec) -> float:
@@ -54,6 +70,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     if tr.grad_checkpointing and hasattr(model.denoiser.backbone, "set_grad_checkpointing"):
         model.denoiser.backbone.set_grad_checkpointing(True)
     objective = tr.objective.build().to(device)
+    attach_objective(objective, model, tr, device)  # issue-12 hook 1: teacher + target network
 
     start, data_state, resume = 0, None, ctx.latest_checkpoint()
     if resume is not None:
@@ -69,6 +86,8 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     ema = Ema(model.denoiser, tr.ema.decay, tr.ema.warmup)
     if resume is not None:
         ema.load_state_dict(c.tensors("ema.safetensors"))
+        if objective.state_dict():  # issue-12 hook 2: the objective's state (theta^-) resumes with the run
+            objective.load_state_dict(c.tensors(ckpt.OBJECTIVE))
         optimizer.load_state_dict(c.optimizer_state())
         parallel.place_optimizer_state(optimizer)
         ctx.event({"event": "resumed", "step": start, "from": resume})
@@ -163,7 +182,7 @@ def _steps(run: RunSpec, ctx: WorkerContext, p: Parts, start: int, bar) -> dict[
         for cb in ctx.callbacks:
             cb.on_step_end(done, ctx.rank, row)
         if is_ckpt:
-            url = _checkpoint(run, ctx, model, ema, optimizer, done, last, data.state())
+            url = _checkpoint(run, ctx, model, ema, optimizer, done, last, data.state(), objective)
             for cb in ctx.callbacks:
                 cb.on_checkpoint(done, ctx.rank, url)
     return last
@@ -184,14 +203,17 @@ def _micro_step(model, trained, objective, raw, tr, step, rows, device, amp_dtyp
 
 
 def _checkpoint(run: RunSpec, ctx: WorkerContext, model: Model, ema: Ema, optimizer, step: int, metrics: dict,
-                data_state: dict) -> str | None:
+                data_state: dict, objective: torch.nn.Module | None = None) -> str | None:
     # full tensors: a collective under FSDP, so every rank takes part; rank 0 writes
     weights = parallel.gather(model.trainable_state_dict())
     averaged = parallel.gather(ema.state_dict())
     opt_state = parallel.gather_optimizer(optimizer.state_dict())
+    # issue-12 hook 3: the objective's state (theta^-) in every checkpoint
+    obj_state = parallel.gather(objective.state_dict()) if objective is not None and objective.state_dict() else None
     if ctx.rank != 0:
         ctx.report(metrics)
         return None
     with tempfile.TemporaryDirectory(prefix="zoo-ckpt-") as tmp:
-        ckpt.write(tmp, run.model_dump_json(), weights, averaged, opt_state, step, {"data": data_state})
+        ckpt.write(tmp, run.model_dump_json(), weights, averaged, opt_state, step, {"data": data_state},
+                   objective=obj_state)
         return ctx.report(metrics, checkpoint_dir=tmp)

@@ -8,13 +8,12 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import typing
 from dataclasses import dataclass
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from components.solvers import SolverSpec
+from components.solvers import SOLVERS, SolverSpec
 from serve.batching import Job
 from serve.options import Limits
 from serve.schemas import MAX_SEED, FieldError, GenerateRequest, ModelInfo, ModelLimits
@@ -27,17 +26,12 @@ CONTINUOUS_MAX_STEPS = 1000
 
 def solver_kinds() -> list[str]:
     """Every solver kind of the zoo (the members of the SolverSpec union)."""
-    union = typing.get_args(SolverSpec)[0]
-    members = typing.get_args(union) or (union,)
-    return sorted(m.model_fields["kind"].default for m in members)
+    return sorted(SOLVERS.kinds())
 
 
 def conditioning(spec: ModelSpec) -> str:
     """What a request may condition on: 'none', 'label' (class-conditional) or 'prompt' (text)."""
-    c = spec.conditioner
-    if c.kind == "unconditional":
-        return "none"
-    return "label" if hasattr(c, "num_classes") else "prompt"
+    return spec.conditioner.takes
 
 
 class RequestError(Exception):
@@ -180,7 +174,7 @@ class ModelRules:
         return _canonical(spec.model_dump(mode="json"))
 
 
-_SOLVER_FIELDS = {m.model_fields["kind"].default: m.model_fields for m in typing.get_args(typing.get_args(SolverSpec)[0])}
+_SOLVER_FIELDS = {m.model_fields["kind"].default: m.model_fields for m in SOLVERS.members()}
 
 
 def _nfe(solver: dict[str, Any], steps: int) -> int:

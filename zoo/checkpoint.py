@@ -42,6 +42,8 @@ from zoo.urls import with_protocol
 
 MANIFEST = "manifest.json"
 FILES = ("spec.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
+#: written only by runs whose objective owns state (the consistency objectives' target network theta^-)
+OBJECTIVE = "objective.safetensors"
 _STEP_DIR = re.compile(r"(?:step_|checkpoint_)(\d+)$")
 log = logging.getLogger(__name__)
 
@@ -67,9 +69,9 @@ def parse_manifest(blob: bytes) -> _Manifest:
     except ValidationError as e:
         shown = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}" for err in e.errors()[:5])
         raise ValueError(f"malformed manifest ({shown})") from None
-    strange = sorted(set(m.files) - set(FILES))
+    strange = sorted(set(m.files) - set(FILES) - {OBJECTIVE})
     if strange:
-        raise ValueError(f"malformed manifest (files: names {strange} are not checkpoint files {list(FILES)})")
+        raise ValueError(f"malformed manifest (files: names {strange} are not checkpoint files {list(FILES) + [OBJECTIVE]})")
     return m
 
 
@@ -86,9 +88,11 @@ def write(
     optimizer: dict[str, Any],
     step: int,
     state: dict[str, Any] | None = None,
+    objective: dict[str, Tensor] | None = None,
 ) -> Path:
     """Write a complete checkpoint into a local folder (manifest last); ``state`` adds to
-    state.json (e.g. the data position)."""
+    state.json (e.g. the data position); ``objective`` is the objective's own state (e.g. the
+    EMA target of consistency distillation), written as objective.safetensors when not empty."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     blobs = {
@@ -98,6 +102,8 @@ def write(
         "optimizer.safetensors": _optimizer_blob(optimizer),
         "state.json": json.dumps({**(state or {}), "step": step}).encode(),
     }
+    if objective:
+        blobs[OBJECTIVE] = st_save(_contiguous(objective))
     for name, blob in blobs.items():
         (folder / name).write_bytes(blob)
     manifest = {"step": step, "files": {n: {"sha256": _sha(b), "bytes": len(b)} for n, b in blobs.items()}}
@@ -111,7 +117,7 @@ def upload(local: str | Path, dest: str) -> str:
     checkpoint."""
     fs, root = fsspec.core.url_to_fs(dest)
     fs.makedirs(root, exist_ok=True)
-    for name in FILES:
+    for name in FILES + tuple(n for n in (OBJECTIVE,) if (Path(local) / n).exists()):
         fs.put_file(str(Path(local) / name), posixpath.join(root, name))
     staged = posixpath.join(root, MANIFEST + ".partial")
     fs.put_file(str(Path(local) / MANIFEST), staged)

@@ -27,12 +27,9 @@ from zoo.model import _GRIDS, _SOLVERS, Model, _component
 
 
 def is_deterministic(solver: Any) -> bool:
-    """Whether a solver spec integrates the ODE (reflow needs a deterministic coupling)."""
-    return (
-        solver.kind not in ("ddpm", "euler_maruyama")
-        and getattr(solver, "eta", 0.0) == 0
-        and getattr(solver, "s_churn", 0.0) == 0
-    )
+    """Whether a solver spec integrates the ODE (reflow needs a deterministic coupling): the
+    spec's own trait (components.solvers.base.SolverTraits)."""
+    return bool(solver.deterministic)
 
 
 def flow_pairs(model: Model, n: int, **kw: Any) -> dict[str, Tensor]:

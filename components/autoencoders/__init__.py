@@ -7,7 +7,10 @@ from pydantic import Field
 
 from components.autoencoders.identity import Identity, IdentitySpec
 from components.autoencoders.kl_vae import KlVae, KlVaeSpec
+from components.registry import Registry
 
 AutoencoderSpec = Annotated[Union[IdentitySpec, KlVaeSpec], Field(discriminator="kind")]
 
-__all__ = ["AutoencoderSpec", "Identity", "IdentitySpec", "KlVae", "KlVaeSpec"]
+AUTOENCODERS = Registry(AutoencoderSpec, "autoencoder")
+
+__all__ = ["AUTOENCODERS", "AutoencoderSpec", "Identity", "IdentitySpec", "KlVae", "KlVaeSpec"]

@@ -11,7 +11,10 @@ from pydantic import Field
 from components.backbones.dit import Dit, DitSpec
 from components.backbones.sd_unet import SdUnet, SdUnetSpec
 from components.backbones.unet import UNet, UNetSpec
+from components.registry import Registry
 
 BackboneSpec = Annotated[Union[UNetSpec, SdUnetSpec, DitSpec], Field(discriminator="kind")]
 
-__all__ = ["BackboneSpec", "Dit", "DitSpec", "SdUnet", "SdUnetSpec", "UNet", "UNetSpec"]
+BACKBONES = Registry(BackboneSpec, "backbone")
+
+__all__ = ["BACKBONES", "BackboneSpec", "Dit", "DitSpec", "SdUnet", "SdUnetSpec", "UNet", "UNetSpec"]

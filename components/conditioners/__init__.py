@@ -8,7 +8,11 @@ from pydantic import Field
 from components.conditioners.class_label import ClassLabel, ClassLabelSpec
 from components.conditioners.clip_text import ClipText, ClipTextSpec
 from components.conditioners.unconditional import Unconditional, UnconditionalSpec
+from components.registry import Registry
 
 ConditionerSpec = Annotated[Union[UnconditionalSpec, ClassLabelSpec, ClipTextSpec], Field(discriminator="kind")]
 
-__all__ = ["ClassLabel", "ClassLabelSpec", "ClipText", "ClipTextSpec", "ConditionerSpec", "Unconditional", "UnconditionalSpec"]
+CONDITIONERS = Registry(ConditionerSpec, "conditioner")
+
+__all__ = ["CONDITIONERS", "ClassLabel", "ClassLabelSpec", "ClipText", "ClipTextSpec", "ConditionerSpec", "Unconditional",
+           "UnconditionalSpec"]

@@ -8,7 +8,7 @@ embedding row). During training each label is replaced by the null label with pr
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -20,6 +20,7 @@ from components.spec import Spec
 
 class ClassLabelSpec(Spec):
     kind: Literal["class_label"] = "class_label"
+    takes: ClassVar[str] = "label"  # what a request conditions on: none, label or prompt
     num_classes: int = Field(gt=1)
     drop_prob: float = Field(0.1, ge=0, le=1, description="label dropout for classifier-free guidance")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from torch import nn
 
@@ -12,6 +12,7 @@ from components.spec import Spec
 
 class UnconditionalSpec(Spec):
     kind: Literal["unconditional"] = "unconditional"
+    takes: ClassVar[str] = "none"  # what a request conditions on: none, label or prompt
 
     def build(self) -> Unconditional:
         return Unconditional()

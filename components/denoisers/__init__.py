@@ -5,15 +5,19 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.denoisers.base import Cond, DenoiseFn, Denoiser, Prediction, bind, count_calls
+from components.denoisers.consistency import ConsistencySpec
 from components.denoisers.edm import EdmPrecondSpec
 from components.denoisers.eps import EpsSpec
 from components.denoisers.v import VSpec
 from components.denoisers.velocity import VelocitySpec
 from components.denoisers.x0 import X0Spec
+from components.registry import Registry
 
-DenoiserSpec = Annotated[Union[EpsSpec, X0Spec, VSpec, VelocitySpec, EdmPrecondSpec], Field(discriminator="kind")]
+DenoiserSpec = Annotated[Union[EpsSpec, X0Spec, VSpec, VelocitySpec, EdmPrecondSpec, ConsistencySpec], Field(discriminator="kind")]
+
+DENOISERS = Registry(DenoiserSpec, "denoiser")
 
 __all__ = [
-    "Cond", "DenoiseFn", "Denoiser", "DenoiserSpec", "EdmPrecondSpec", "EpsSpec", "Prediction", "VSpec",
+    "DENOISERS",     "Cond", "ConsistencySpec", "DenoiseFn", "Denoiser", "DenoiserSpec", "EdmPrecondSpec", "EpsSpec", "Prediction", "VSpec",
     "VelocitySpec", "X0Spec", "bind", "count_calls",
 ]

@@ -11,12 +11,15 @@ from components.grids.log_snr import LogSnr, LogSnrSpec
 from components.grids.quadratic import Quadratic, QuadraticSpec
 from components.grids.trailing import Trailing, TrailingSpec
 from components.grids.uniform import Uniform, UniformSpec
+from components.registry import Registry
 
 GridSpec = Annotated[
     Union[UniformSpec, QuadraticSpec, KarrasSpec, LogSnrSpec, LeadingSpec, TrailingSpec], Field(discriminator="kind")
 ]
 
+GRIDS = Registry(GridSpec, "grid")
+
 __all__ = [
-    "GridSpec", "Karras", "KarrasSpec", "Leading", "LeadingSpec", "LogSnr", "LogSnrSpec", "Quadratic",
+    "GRIDS",     "GridSpec", "Karras", "KarrasSpec", "Leading", "LeadingSpec", "LogSnr", "LogSnrSpec", "Quadratic",
     "QuadraticSpec", "Trailing", "TrailingSpec", "Uniform", "UniformSpec",
 ]

@@ -11,12 +11,15 @@ from components.noise.ve import Ve, VeSpec
 from components.noise.vp_cosine import VpCosine, VpCosineSpec
 from components.noise.vp_linear import VpLinear, VpLinearSpec
 from components.noise.vp_scaled_linear import VpScaledLinear, VpScaledLinearSpec
+from components.registry import Registry
 
 NoiseSpec = Annotated[
     Union[VpLinearSpec, VpScaledLinearSpec, VpCosineSpec, VeSpec, EdmProcessSpec, RectifiedSpec], Field(discriminator="kind")
 ]
 
+PROCESSES = Registry(NoiseSpec, "noise process")
+
 __all__ = [
-    "EdmProcess", "EdmProcessSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve", "VeSpec",
-    "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec", "VpScaledLinear", "VpScaledLinearSpec",
+    "PROCESSES", "EdmProcess", "EdmProcessSpec", "NoiseProcess", "NoiseSpec", "Rectified", "RectifiedSpec", "VPProcess", "Ve",
+    "VeSpec", "VpCosine", "VpCosineSpec", "VpLinear", "VpLinearSpec", "VpScaledLinear", "VpScaledLinearSpec",
 ]

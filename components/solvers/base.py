@@ -10,7 +10,7 @@ RandomSource of the samples (per-request seeds). Solvers keep no state between c
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import Tensor
@@ -24,6 +24,58 @@ class Solver(Protocol):
     def __call__(
         self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource
     ) -> Tensor: ...
+
+
+class SolverTraits:
+    """Registry traits every solver spec declares (DESIGN.md 2b): ``has_step``, whether the
+    solver has the per-row one-step form ``step(denoise, process, x, t, s, rng)`` (multistep and
+    adaptive solvers do not), and ``deterministic``, whether it integrates the probability-flow
+    ODE without fresh noise (a property where a field decides, e.g. DDIM's eta)."""
+
+    has_step: ClassVar[bool] = True
+    deterministic: ClassVar[bool] = True
+
+
+class StepSolver:
+    """A solver whose grid loop is its one-step form: for each (t_i, t_{i+1}) of the grid,
+    ``before_step`` (EDM's churn, where a solver has one) then ``step`` with every row at t_i."""
+
+    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
+        n = len(ts) - 1
+        for t, s in zip(ts[:-1], ts[1:]):
+            x, t = self.before_step(x, t, process, rng, n)
+            b = x.shape[0]
+            x = self.step(denoise, process, x, t.reshape(()).expand(b), s.reshape(()).expand(b), rng)
+        return x
+
+    def before_step(
+        self, x: Tensor, t: Tensor, process: NoiseProcess, rng: RandomSource, n_steps: int
+    ) -> tuple[Tensor, Tensor]:
+        return x, t
+
+    def step(
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, rng: RandomSource
+    ) -> Tensor:
+        """x_s from x_t, each row from its own t[i] to its own s[i] (t, s of shape (B,))."""
+        raise NotImplementedError
+
+
+def row_alpha_sigma(process: NoiseProcess, t: Tensor) -> tuple[Tensor, Tensor]:
+    """(alpha(t), sigma(t)) of per-row times (B,), in float64; sigma = 0 where t = 0 (the clean
+    end, as :func:`alpha_sigma`)."""
+    t = t.double()
+    a, s = process.alpha(t), process.sigma(t)
+    return a, torch.where(t == 0, torch.zeros_like(s), s)
+
+
+def model_t(t: Tensor, x: Tensor) -> Tensor:
+    """Per-row times as the denoiser takes them (float32, or float64 with float64 samples)."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    return t.to(device=x.device, dtype=dtype)
+
+
+def fresh_noise(x: Tensor, rng: RandomSource) -> Tensor:
+    return rng.randn(*x.shape[1:]).to(x)
 
 
 def alpha_sigma(process: NoiseProcess, t: Tensor) -> tuple[float, float]:

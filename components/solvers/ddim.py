@@ -9,37 +9,44 @@ integrator); eta = 1 is DDPM's ancestral sampler with the posterior variance.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, alpha_sigma, transition_var
+from components.solvers.base import SolverTraits, StepSolver, fresh_noise, model_t, row_alpha_sigma
+from components.util import bcast
 from components.spec import Spec
 
 
-class DdimSpec(Spec):
+class DdimSpec(SolverTraits, Spec):
     kind: Literal["ddim"] = "ddim"
     eta: float = Field(0.0, ge=0, le=1, description="0 deterministic, 1 DDPM-like ancestral")
+
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        return self.eta == 0
 
     def build(self) -> Ddim:
         return Ddim(self.eta)
 
 
-class Ddim:
+class Ddim(StepSolver):
     def __init__(self, eta: float = 0.0):
         self.eta = eta
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
-        for t, s in zip(ts[:-1], ts[1:]):
-            pred = denoise(x, at(t, x))
-            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
-            c = self.eta * s_s * math.sqrt(transition_var(a_t, s_t, a_s, s_s)) / s_t if s_s > 0 else 0.0
-            x = a_s * pred.x0 + math.sqrt(max(s_s**2 - c**2, 0.0)) * pred.eps
-            if c > 0:
-                x = x + c * rng.randn(*x.shape[1:]).to(x)
+    def step(
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, rng: RandomSource
+    ) -> Tensor:
+        pred = denoise(x, model_t(t, x))
+        (a_t, s_t), (a_s, s_s) = row_alpha_sigma(process, t), row_alpha_sigma(process, s)
+        var_ts = (s_t**2 - (a_t / a_s) ** 2 * s_s**2).clamp_min(0)  # sigma_{t|s}^2
+        c = torch.where(s_s > 0, self.eta * s_s * var_ts.sqrt() / s_t, torch.zeros_like(s_s))
+        x = bcast(a_s, x) * pred.x0 + bcast((s_s**2 - c**2).clamp_min(0).sqrt(), x) * pred.eps
+        if bool((c > 0).any()):
+            x = x + bcast(c, x) * fresh_noise(x, rng)
         return x

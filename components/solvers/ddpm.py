@@ -8,39 +8,42 @@ the posterior's beta-tilde) or sigma_{t|s}^2 ("large", beta_t); no noise on the 
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, alpha_sigma, transition_var
+from components.solvers.base import SolverTraits, StepSolver, fresh_noise, model_t, row_alpha_sigma
+from components.util import bcast
 from components.spec import Spec
 
 
-class DdpmSpec(Spec):
+class DdpmSpec(SolverTraits, Spec):
     kind: Literal["ddpm"] = "ddpm"
+    deterministic: ClassVar[bool] = False
     variance: Literal["small", "large"] = "small"
 
     def build(self) -> Ddpm:
         return Ddpm(self.variance)
 
 
-class Ddpm:
+class Ddpm(StepSolver):
     def __init__(self, variance: str = "small"):
         self.variance = variance
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
-        for t, s in zip(ts[:-1], ts[1:]):
-            pred = denoise(x, at(t, x))
-            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
-            var_ts = transition_var(a_t, s_t, a_s, s_s)
-            mean = (a_t / a_s) * s_s**2 / s_t**2 * x + a_s * var_ts / s_t**2 * pred.x0
-            if s_s == 0:
-                x = mean
-                continue
-            var = s_s**2 * var_ts / s_t**2 if self.variance == "small" else var_ts
-            x = mean + math.sqrt(var) * rng.randn(*x.shape[1:]).to(x)
-        return x
+    def step(
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, rng: RandomSource
+    ) -> Tensor:
+        pred = denoise(x, model_t(t, x))
+        (a_t, s_t), (a_s, s_s) = row_alpha_sigma(process, t), row_alpha_sigma(process, s)
+        var_ts = (s_t**2 - (a_t / a_s) ** 2 * s_s**2).clamp_min(0)
+        mean = bcast((a_t / a_s) * s_s**2 / s_t**2, x) * x + bcast(a_s * var_ts / s_t**2, x) * pred.x0
+        noisy = s_s > 0  # no noise on the step to the clean end
+        if not bool(noisy.any()):
+            return mean
+        var = s_s**2 * var_ts / s_t**2 if self.variance == "small" else var_ts
+        std = torch.where(noisy, var.sqrt(), torch.zeros_like(var))
+        return mean + bcast(std, x) * fresh_noise(x, rng)

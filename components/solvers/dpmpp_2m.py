@@ -16,18 +16,19 @@ x_{i+1} = sigma_{i+1} x_i + alpha_{i+1} x0_hat. One network evaluation per step.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 from torch import Tensor
 
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, alpha_sigma
+from components.solvers.base import SolverTraits, at, alpha_sigma
 from components.spec import Spec
 
 
-class Dpmpp2mSpec(Spec):
+class Dpmpp2mSpec(SolverTraits, Spec):
+    has_step: ClassVar[bool] = False  # multistep / adaptive: no one-step form
     kind: Literal["dpmpp_2m"] = "dpmpp_2m"
 
     def build(self) -> Dpmpp2m:

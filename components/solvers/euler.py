@@ -22,31 +22,36 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import Churn, at, alpha_sigma
+from components.solvers.base import Churn, SolverTraits, StepSolver, model_t, row_alpha_sigma
+from components.util import bcast
 from components.spec import Spec
 
 
-class EulerSpec(Spec):
+class EulerSpec(SolverTraits, Spec):
     kind: Literal["euler"] = "euler"
     s_churn: float = Field(0.0, ge=0, le=1000, description="EDM's S_churn; 0 = deterministic")
     s_tmin: float = Field(0.0, ge=0, le=1e6, description="churn only where sigma/alpha >= S_tmin")
     s_tmax: float | None = Field(None, gt=0, le=1e6, description="churn only where sigma/alpha <= S_tmax; None = no bound")
     s_noise: float = Field(1.0, gt=0, le=2.0, description="EDM's S_noise (1 to 1.007 in EDM Table 5)")
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        return self.s_churn == 0
+
     def build(self) -> Euler:
         return Euler(self)
 
 
-class Euler:
+class Euler(StepSolver):
+    """``step`` is the deterministic Euler step; the grid loop adds the churn before it."""
+
     def __init__(self, spec: EulerSpec | None = None):
         spec = spec or EulerSpec()
-        self.churn = Churn(spec.s_churn, spec.s_tmin, spec.s_tmax, spec.s_noise)
+        self.before_step = Churn(spec.s_churn, spec.s_tmin, spec.s_tmax, spec.s_noise)  # type: ignore[method-assign]
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
-        n = len(ts) - 1
-        for t, s in zip(ts[:-1], ts[1:]):
-            x, t = self.churn(x, t, process, rng, n)
-            pred = denoise(x, at(t, x))
-            a_s, s_s = alpha_sigma(process, s)
-            x = a_s * pred.x0 + s_s * pred.eps
-        return x
+    def step(
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, rng: RandomSource
+    ) -> Tensor:
+        pred = denoise(x, model_t(t, x))
+        a_s, s_s = row_alpha_sigma(process, s)
+        return bcast(a_s, x) * pred.x0 + bcast(s_s, x) * pred.eps

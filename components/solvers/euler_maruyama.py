@@ -15,40 +15,44 @@ q(x_s | x_t, x0_hat) = N(alpha_s x0_hat, sigma_s^2 I) instead.
 
 from __future__ import annotations
 
-import math
-from typing import Literal
+from typing import ClassVar, Literal
 
+import torch
 from torch import Tensor
 
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, alpha_sigma, derivative_at
+from components.solvers.base import SolverTraits, StepSolver, fresh_noise, model_t, row_alpha_sigma
 from components.spec import Spec
+from components.util import bcast
 
 
-class EulerMaruyamaSpec(Spec):
+class EulerMaruyamaSpec(SolverTraits, Spec):
     kind: Literal["euler_maruyama"] = "euler_maruyama"
+    deterministic: ClassVar[bool] = False
 
     def build(self) -> EulerMaruyama:
         return EulerMaruyama()
 
 
-class EulerMaruyama:
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
-        for t, s in zip(ts[:-1], ts[1:]):
-            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
-            pred = denoise(x, at(t, x))
-            if s_s == 0:
-                x = pred.x0
-                continue
-            z = rng.randn(*x.shape[1:]).to(x)
-            if a_t == 0:
-                x = a_s * pred.x0 + s_s * z
-                continue
-            da, ds = (float(d) for d in derivative_at(process, t))
-            f = da / a_t
-            g2 = max(2 * s_t * ds - 2 * f * s_t**2, 0.0)
-            h = float(t - s)
-            x = x - h * (f * x + (g2 / s_t) * pred.eps) + math.sqrt(g2 * h) * z
-        return x
+class EulerMaruyama(StepSolver):
+    def step(
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, rng: RandomSource
+    ) -> Tensor:
+        (a_t, s_t), (a_s, s_s) = row_alpha_sigma(process, t), row_alpha_sigma(process, s)
+        pred = denoise(x, model_t(t, x))
+        clean = s_s == 0  # the final denoising step returns x0_hat
+        if bool(clean.all()):
+            return pred.x0
+        z = fresh_noise(x, rng)
+        prior = a_t == 0  # rectified prior: sample the posterior N(alpha_s x0_hat, sigma_s^2 I)
+        da, ds = process.derivatives(t.double())
+        a_safe = torch.where(prior, torch.ones_like(a_t), a_t)
+        f = da / a_safe
+        g2 = (2 * s_t * ds - 2 * f * s_t**2).clamp_min(0)
+        h = t.double() - s.double()
+        sde = x - bcast(h, x) * (bcast(f, x) * x + bcast(g2 / s_t, x) * pred.eps) + bcast((g2 * h).sqrt(), x) * z
+        post = bcast(a_s, x) * pred.x0 + bcast(s_s, x) * z
+        out = torch.where(bcast(prior, x).bool(), post, sde)
+        return torch.where(bcast(clean, x).bool(), pred.x0, out)

@@ -14,20 +14,21 @@ flow's prior, s = inf) the step is Euler's: a trapezoid over an infinite interva
 
 from __future__ import annotations
 
-import math
 from typing import ClassVar, Literal
 
+import torch
 from pydantic import Field
 from torch import Tensor
 
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import Churn, at, alpha_sigma, ve_sigma
+from components.solvers.base import Churn, SolverTraits, StepSolver, model_t, row_alpha_sigma
+from components.util import bcast
 from components.spec import Spec
 
 
-class HeunSpec(Spec):
+class HeunSpec(SolverTraits, Spec):
     kind: Literal["heun"] = "heun"
     evals_per_step: ClassVar[int] = 2  # a predictor and a corrector call (the last step: 1)
     s_churn: float = Field(0.0, ge=0, le=1000, description="EDM's S_churn; 0 = deterministic")
@@ -35,25 +36,35 @@ class HeunSpec(Spec):
     s_tmax: float | None = Field(None, gt=0, le=1e6, description="churn only where sigma/alpha <= S_tmax; None = no bound")
     s_noise: float = Field(1.0, gt=0, le=2.0, description="EDM's S_noise (1 to 1.007 in EDM Table 5)")
 
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        return self.s_churn == 0
+
     def build(self) -> Heun:
         return Heun(self)
 
 
-class Heun:
+class Heun(StepSolver):
+    """``step`` is the deterministic Heun step; the grid loop adds the churn before it."""
+
     def __init__(self, spec: HeunSpec | None = None):
         spec = spec or HeunSpec()
-        self.churn = Churn(spec.s_churn, spec.s_tmin, spec.s_tmax, spec.s_noise)
+        self.before_step = Churn(spec.s_churn, spec.s_tmin, spec.s_tmax, spec.s_noise)  # type: ignore[method-assign]
 
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
-        n = len(ts) - 1
-        for t, s in zip(ts[:-1], ts[1:]):
-            x, t = self.churn(x, t, process, rng, n)
-            (a_t, s_t), (a_s, s_s) = alpha_sigma(process, t), alpha_sigma(process, s)
-            pred = denoise(x, at(t, x))
-            x_next = a_s * pred.x0 + s_s * pred.eps  # Euler: x~ + (s_next - s) eps_hat
-            sig_t, sig_s = ve_sigma(a_t, s_t), ve_sigma(a_s, s_s)
-            if s_s > 0 and math.isfinite(sig_t):
-                d = 0.5 * (pred.eps + denoise(x_next, at(s, x)).eps)
-                x_next = a_s * (x / a_t + (sig_s - sig_t) * d)
-            x = x_next
-        return x
+    def step(
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, rng: RandomSource
+    ) -> Tensor:
+        (a_t, s_t), (a_s, s_s) = row_alpha_sigma(process, t), row_alpha_sigma(process, s)
+        pred = denoise(x, model_t(t, x))
+        x_next = bcast(a_s, x) * pred.x0 + bcast(s_s, x) * pred.eps  # Euler: x~ + (s_next - s) eps_hat
+        sig_t = torch.where(a_t > 0, s_t / a_t.clamp_min(1e-300), torch.full_like(s_t, torch.inf))
+        sig_s = s_s / a_s
+        second = (s_s > 0) & torch.isfinite(sig_t)  # rows that take the trapezoid (lines 9-11)
+        if not bool(second.any()):
+            return x_next
+        s2 = torch.where(second, s.to(t.dtype), t)  # other rows evaluate somewhere harmless
+        d = 0.5 * (pred.eps + denoise(x_next, model_t(s2, x)).eps)
+        a_safe = torch.where(second, a_t, torch.ones_like(a_t))
+        dsig = torch.where(second, sig_s - sig_t, torch.zeros_like(sig_t))
+        heun = bcast(a_s, x) * (x / bcast(a_safe, x) + bcast(dsig, x) * d)
+        return torch.where(bcast(second, x).bool(), heun, x_next)

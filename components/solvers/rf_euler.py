@@ -19,20 +19,22 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at, derivative_at
+from components.solvers.base import SolverTraits, StepSolver, model_t
+from components.util import bcast
 from components.spec import Spec
 
 
-class RfEulerSpec(Spec):
+class RfEulerSpec(SolverTraits, Spec):
     kind: Literal["rf_euler"] = "rf_euler"
 
     def build(self) -> RfEuler:
         return RfEuler()
 
 
-class RfEuler:
-    def __call__(self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, ts: Tensor, rng: RandomSource) -> Tensor:
-        for t, s in zip(ts[:-1], ts[1:]):
-            pred = denoise(x, at(t, x))
-            x = x + float(s - t) * pred.velocity(*derivative_at(process, t))
-        return x
+class RfEuler(StepSolver):
+    def step(
+        self, denoise: DenoiseFn, process: NoiseProcess, x: Tensor, t: Tensor, s: Tensor, rng: RandomSource
+    ) -> Tensor:
+        pred = denoise(x, model_t(t, x))
+        t64 = t.double()
+        return x + bcast(s.double() - t64, x) * pred.velocity(*process.derivatives(t64))

@@ -19,7 +19,7 @@ the others. ``max_nfe`` bounds the network calls of one solve (a served request'
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -28,7 +28,7 @@ from torch import Tensor
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import at
+from components.solvers.base import SolverTraits, at
 from components.spec import Spec
 
 # Dormand-Prince 5(4) tableau (scipy.integrate._ivp.rk.RK45)
@@ -46,7 +46,8 @@ E = (-71 / 57600, 0.0, 71 / 16695, -71 / 1920, 17253 / 339200, -22 / 525, 1 / 40
 SAFETY, MIN_FACTOR, MAX_FACTOR, EXPONENT = 0.9, 0.2, 10.0, -1 / 5  # error estimator of order 4
 
 
-class Rk45Spec(Spec):
+class Rk45Spec(SolverTraits, Spec):
+    has_step: ClassVar[bool] = False  # multistep / adaptive: no one-step form
     kind: Literal["rk45"] = "rk45"
     rtol: float = Field(1e-5, ge=1e-10, le=1.0, allow_inf_nan=False, description="relative tolerance (score_sde: 1e-5)")
     atol: float = Field(1e-5, ge=1e-10, le=1.0, allow_inf_nan=False, description="absolute tolerance (score_sde: 1e-5)")

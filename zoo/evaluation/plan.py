@@ -10,7 +10,6 @@ one that gives the same steps as a smaller budget, is skipped (shown as "-").
 
 from __future__ import annotations
 
-import typing
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +20,7 @@ from components.denoisers.base import Prediction
 from components.grids import GridSpec
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers import SolverSpec
+from components.solvers import SOLVERS, SolverSpec
 from components.util import bcast
 from zoo.catalog import format_errors
 from zoo.errors import SpecError
@@ -32,17 +31,7 @@ _GRIDS = TypeAdapter(GridSpec)
 
 def solver_kinds() -> list[str]:
     """Every solver kind in the SolverSpec union that builds from its kind alone."""
-    args = typing.get_args(SolverSpec)
-    members = typing.get_args(args[0]) if args and typing.get_origin(args[0]) is typing.Union else (args[:1] or (SolverSpec,))
-    kinds = []
-    for cls in members:
-        kind = cls.model_fields["kind"].default
-        try:
-            cls(kind=kind)
-        except ValidationError:  # has required fields: name it with a dict to use it
-            continue
-        kinds.append(kind)
-    return kinds
+    return SOLVERS.default_kinds()
 
 
 def component(adapter: TypeAdapter, value: Any, field: str) -> BaseModel:

@@ -1,0 +1,69 @@
+"""What CD, CT and iCT share (Song et al. 2023 "Consistency Models"; Song & Dhariwal 2023
+"Improved Techniques for Training Consistency Models"): the Karras levels, the distances, and
+the target network theta^- the objective owns (part of its state_dict, so every checkpoint
+holds it and a resumed run restores it)."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import Tensor, nn
+
+from components.denoisers.base import Denoiser
+from components.noise.base import NoiseProcess
+
+
+def karras_levels(process: NoiseProcess, n: int, rho: float = 7.0) -> Tensor:
+    """N levels sigma_1 < ... < sigma_N in EDM's sigma from the process's s_min to s_max (CM
+    section 5 / EDM eq. 5), as float64."""
+    lo = float(process.ve_sigma(torch.tensor(process.t_min, dtype=torch.float32).double()))
+    hi = float(process.ve_sigma(torch.tensor(process.t_max, dtype=torch.float64)))
+    if not math.isfinite(hi):  # rectified prior: sigma/alpha = inf at t_max; use the largest finite level
+        hi = float(process.ve_sigma(torch.tensor(process.t_max * (1 - 1e-3), dtype=torch.float64)))
+    i = torch.arange(n, dtype=torch.float64) / (n - 1)
+    return (lo ** (1 / rho) + i * (hi ** (1 / rho) - lo ** (1 / rho))) ** rho
+
+
+def distance(a: Tensor, b: Tensor, kind: str, c: float | None = None) -> Tensor:
+    """Per-row d(a, b): l2 (mean squared), l1 (mean absolute), or pseudo-Huber
+    sqrt(||a - b||^2 + c^2) - c (iCT section 3.3; c = 0.00054 sqrt(d) when None)."""
+    diff = (a.float() - b.float()).flatten(1)
+    if kind == "l2":
+        return diff.pow(2).mean(1)
+    if kind == "l1":
+        return diff.abs().mean(1)
+    if kind == "pseudo_huber":
+        c = 0.00054 * math.sqrt(diff.shape[1]) if c is None else c
+        return (diff.pow(2).sum(1) + c * c).sqrt() - c
+    raise ValueError(f"distance {kind!r}: LPIPS is not available in the zoo yet; use l2, l1 or pseudo_huber")
+
+
+class TargetNetwork(nn.Module):
+    """theta^-: a frozen copy of the student updated as theta^- <- mu theta^- + (1 - mu) theta
+    (CM Algorithm 2/3, last line). Created by ``attach`` from the student, before any resume."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net: Denoiser | None = None
+
+    def attach(self, student: Denoiser) -> None:
+        self.net = copy.deepcopy(_unwrap(student)).requires_grad_(False)
+
+    def forward(self, x: Tensor, t: Tensor, cond: object = None):
+        if self.net is None:
+            raise RuntimeError("the consistency objective has no target network: the loop must call attach(student)")
+        return self.net(x, t, cond)
+
+    @torch.no_grad()
+    def update(self, student: Denoiser, mu: float) -> None:
+        assert self.net is not None
+        for p_t, p_s in zip(self.net.parameters(), _unwrap(student).parameters()):
+            p_t.mul_(mu).add_(p_s.detach().to(p_t.dtype), alpha=1 - mu)
+        for b_t, b_s in zip(self.net.buffers(), _unwrap(student).buffers()):
+            b_t.copy_(b_s)
+
+
+def _unwrap(m: nn.Module) -> nn.Module:
+    return getattr(m, "module", m)
