@@ -71,7 +71,7 @@ def test_cd_rejects_a_teacher_solver_without_a_deterministic_step():
 
 
 @pytest.mark.slow
-def test_cd_one_step_samples_match_gaussian_data_where_ddim_collapses():
+def test_cd_one_step_samples_match_gaussian_data_where_ddim_collapses(one_thread):
     process, teacher, student, obj = setup(levels=18, mu=0.95, teacher_solver="heun")
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
     for step in range(1500):

@@ -96,7 +96,8 @@ def test_data_encode_writes_kl_vae_latents(tmp_path, one_thread):
 
     import zoo
     from jobs.shards import decode_png, read_index
-    from zoo.data import encode, pack
+    from jobs.encode import encode
+    from jobs.pack import pack
 
     overrides = {"autoencoder": {"kind": "kl_vae", **TINY, "block_out_channels": [8, 8]},
                  "backbone.in_channels": 2, "backbone.out_channels": 2, "backbone.resolution": 8,

@@ -16,7 +16,7 @@ BPE over the digits' captions (clip_tokenizer.py); None means it comes with the 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -33,6 +33,7 @@ TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "merges.txt", "tokenizer_conf
 
 
 class ClipTextSpec(Spec):
+    takes: ClassVar[str] = "prompt"  # what a request conditions on: none, label or prompt
     kind: Literal["clip_text"] = "clip_text"
     vocab_size: int = Field(49408, gt=0)
     hidden_size: int = Field(768, gt=0, description="width of the text tower = the backbone's cross_attention_dim")
