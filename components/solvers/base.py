@@ -13,11 +13,13 @@ import math
 from typing import ClassVar, Protocol
 
 import torch
+from pydantic import Field
 from torch import Tensor
 
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
+from components.spec import Spec
 
 
 class Solver(Protocol):
@@ -34,6 +36,20 @@ class SolverTraits:
 
     has_step: ClassVar[bool] = True
     deterministic: ClassVar[bool] = True
+
+
+class ChurnSpec(SolverTraits, Spec):
+    """The fields of EDM's stochastic churn (Algorithm 2; ``Churn`` below), shared by the Euler
+    and Heun specs: deterministic exactly when S_churn = 0."""
+
+    s_churn: float = Field(0.0, ge=0, le=1000, description="EDM's S_churn; 0 = deterministic")
+    s_tmin: float = Field(0.0, ge=0, le=1e6, description="churn only where sigma/alpha >= S_tmin")
+    s_tmax: float | None = Field(None, gt=0, le=1e6, description="churn only where sigma/alpha <= S_tmax; None = no bound")
+    s_noise: float = Field(1.0, gt=0, le=2.0, description="EDM's S_noise (1 to 1.007 in EDM Table 5)")
+
+    @property
+    def deterministic(self) -> bool:  # type: ignore[override]
+        return self.s_churn == 0
 
 
 class StepSolver:

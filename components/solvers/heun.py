@@ -17,28 +17,18 @@ from __future__ import annotations
 from typing import ClassVar, Literal
 
 import torch
-from pydantic import Field
 from torch import Tensor
 
 from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
-from components.solvers.base import Churn, SolverTraits, StepSolver, model_t, row_alpha_sigma
+from components.solvers.base import Churn, ChurnSpec, StepSolver, model_t, row_alpha_sigma
 from components.util import bcast
-from components.spec import Spec
 
 
-class HeunSpec(SolverTraits, Spec):
+class HeunSpec(ChurnSpec):
     kind: Literal["heun"] = "heun"
     evals_per_step: ClassVar[int] = 2  # a predictor and a corrector call (the last step: 1)
-    s_churn: float = Field(0.0, ge=0, le=1000, description="EDM's S_churn; 0 = deterministic")
-    s_tmin: float = Field(0.0, ge=0, le=1e6, description="churn only where sigma/alpha >= S_tmin")
-    s_tmax: float | None = Field(None, gt=0, le=1e6, description="churn only where sigma/alpha <= S_tmax; None = no bound")
-    s_noise: float = Field(1.0, gt=0, le=2.0, description="EDM's S_noise (1 to 1.007 in EDM Table 5)")
-
-    @property
-    def deterministic(self) -> bool:  # type: ignore[override]
-        return self.s_churn == 0
 
     def build(self) -> Heun:
         return Heun(self)
