@@ -41,7 +41,7 @@ def build_optimizer(params, spec) -> torch.optim.Optimizer:
 
 
 def attach_objective(objective: Any, model: Model, tr: Any, device: torch.device) -> None:
-    """issue-12 hook: objectives with a teacher or a target network (cd, ...) get the frozen
+    """Objectives with a teacher or a target network (cd, ...) get the frozen
     teacher (resolved from ``objective.teacher`` by :func:`jobs.teacher.load_teacher`), the student
     to copy theta^- from, and the run's total steps. Called before any resume, so the restored
     objective state lands in an existing target network."""
@@ -70,7 +70,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     if tr.grad_checkpointing and hasattr(model.denoiser.backbone, "set_grad_checkpointing"):
         model.denoiser.backbone.set_grad_checkpointing(True)
     objective = tr.objective.build().to(device)
-    attach_objective(objective, model, tr, device)  # issue-12 hook 1: teacher + target network
+    attach_objective(objective, model, tr, device)  # teacher + target network (DESIGN.md 2b)
 
     start, data_state, resume = 0, None, ctx.latest_checkpoint()
     if resume is not None:
@@ -86,7 +86,7 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     ema = Ema(model.denoiser, tr.ema.decay, tr.ema.warmup)
     if resume is not None:
         ema.load_state_dict(c.tensors("ema.safetensors"))
-        if objective.state_dict():  # issue-12 hook 2: the objective's state (theta^-) resumes with the run
+        if objective.state_dict():  # the objective's state (theta^-) resumes with the run
             objective.load_state_dict(c.tensors(ckpt.OBJECTIVE))
         optimizer.load_state_dict(c.optimizer_state())
         parallel.place_optimizer_state(optimizer)
@@ -208,7 +208,7 @@ def _checkpoint(run: RunSpec, ctx: WorkerContext, model: Model, ema: Ema, optimi
     weights = parallel.gather(model.trainable_state_dict())
     averaged = parallel.gather(ema.state_dict())
     opt_state = parallel.gather_optimizer(optimizer.state_dict())
-    # issue-12 hook 3: the objective's state (theta^-) in every checkpoint
+    # the objective's state (theta^-) is part of every checkpoint
     obj_state = parallel.gather(objective.state_dict()) if objective is not None and objective.state_dict() else None
     if ctx.rank != 0:
         ctx.report(metrics)
