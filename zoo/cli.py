@@ -5,10 +5,10 @@
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
     zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --grid uniform --out grid.png
     zoo reflow RUN [KEY=VALUE ...] [--into NAME] [--pairs N] [--solver rk45] [--sample-steps S] [--distill K]
-    zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (serve/cli.py)
+    zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (zoo/cli_serve.py)
     zoo eval RUN --metric digits_fid --nfe 1,2,4,8 --solver ddim --solver ddpm   (zoo.evaluation.cli)
     zoo stats DATA --inception pt_inception.pth
-    zoo data pack|encode ...      zoo submit NAME ... --address http://HOST:8265   (jobs/cli.py)
+    zoo data pack|encode ...      zoo submit NAME ... --address http://HOST:8265   (zoo/cli_jobs.py)
 """
 
 from __future__ import annotations
@@ -99,8 +99,8 @@ def sample(
 
 
 # commands that live with their subsystem
-from jobs.cli import data_app, submit  # noqa: E402  (zoo data pack|encode, zoo submit)
-from serve.cli import serve_command  # noqa: E402
+from zoo.cli_jobs import data_app, submit  # noqa: E402  (zoo data pack|encode, zoo submit)
+from zoo.cli_serve import serve_command  # noqa: E402
 from zoo.evaluation import cli as _eval_cli  # noqa: E402  zoo eval, zoo stats
 
 app.command("serve")(serve_command)

@@ -1,4 +1,4 @@
-"""What every command line (zoo/cli.py, jobs/cli.py, serve/cli.py, zoo/cli_reflow.py, zoo/evaluation/cli.py)
+"""What every command line (zoo/cli.py, zoo/cli_jobs.py, zoo/cli_serve.py, zoo/cli_reflow.py, zoo/evaluation/cli.py)
 shares: reading KEY=VALUE overrides and component options, and failing with a message."""
 
 from __future__ import annotations
