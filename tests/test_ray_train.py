@@ -58,6 +58,11 @@ def test_two_workers_with_half_batches_train_what_one_worker_trains(references, 
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a), "full optimizer state"
     losses = lambda r: [m["loss"] for m in r.metrics if "loss" in m]  # noqa: E731
     torch.testing.assert_close(torch.tensor(losses(one)), torch.tensor(losses(two)), rtol=1e-4, atol=1e-5)
+    # AdamW hides a constant gradient scale from the weights (a sum over workers instead of a mean
+    # would pass above); the pre-clip gradient norm of the global batch does not
+    norms = lambda r: [m["grad_norm"] for m in r.metrics if "grad_norm" in m]  # noqa: E731
+    assert len(norms(one)) == 8 and all(n > 0 for n in norms(one))
+    torch.testing.assert_close(torch.tensor(norms(two)), torch.tensor(norms(one)), rtol=1e-5, atol=0)
 
 
 class KillOnce(Callback):

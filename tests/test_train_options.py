@@ -17,6 +17,10 @@ def weights(run, name="model.safetensors"):
     return ckpt.Checkpoint(run.checkpoint).tensors(name)
 
 
+def grad_norms(run) -> list[float]:
+    return [m["grad_norm"] for m in run.metrics if "grad_norm" in m]
+
+
 def test_micro_batches_accumulate_to_the_full_batch(tmp_path):
     kw = tiny_overrides(steps=3, batch_size=16)
     full = zoo.train("ddpm-digits", output=str(tmp_path / "a"), progress=False, **kw)
@@ -25,6 +29,10 @@ def test_micro_batches_accumulate_to_the_full_batch(tmp_path):
     a, b = weights(full), weights(micro)
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=2e-5, msg=k)
+    # AdamW hides a constant gradient scale from the weights; the logged pre-clip gradient norm does not
+    norms = [grad_norms(r) for r in (full, micro)]
+    assert len(norms[0]) == 3 and all(n > 0 for n in norms[0])
+    torch.testing.assert_close(torch.tensor(norms[1]), torch.tensor(norms[0]), rtol=1e-5, atol=0)
     with pytest.raises(zoo.SpecError, match="micro_batch_size=5 does not divide the per-worker batch 8"):
         zoo.get("ddpm-digits", batch_size=16, workers=2, micro_batch_size=5)
 
@@ -40,6 +48,36 @@ def test_gradient_checkpointing_is_exact_and_mixed_precision_trains(tmp_path):
     assert all(torch.isfinite(v).all() for v in c.values())
     assert any(not torch.equal(a[k], c[k]) for k in a), "autocast ran the forward in bf16"
     assert bf16.metrics[-1]["loss"] == pytest.approx(plain.metrics[-1]["loss"], rel=0.05)
+
+
+def test_gradient_checkpointing_recomputes_the_blocks_and_a_backbone_without_it_is_an_error(tmp_path, monkeypatch):
+    """Each block the UNet checkpoints runs twice per step (forward, and again in backward)
+    with grad_checkpointing, once without; a backbone that cannot recompute is named."""
+    from components.backbones import unet
+
+    real, calls = unet.checkpoint, {"checkpointed": 0, "ran": 0}
+
+    def counting(fn, *args, **kw):
+        calls["checkpointed"] += 1
+
+        def run(*a):
+            calls["ran"] += 1
+            return fn(*a)
+
+        return real(run, *args, **kw)
+
+    monkeypatch.setattr(unet, "checkpoint", counting)
+    kw = tiny_overrides(steps=1, checkpoint_every=1)  # workers=0: the loop runs in this process
+    zoo.train("ddpm-digits", output=str(tmp_path / "a"), progress=False, **kw)
+    assert calls == {"checkpointed": 0, "ran": 0}
+    zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, grad_checkpointing=True, **kw)
+    net = zoo.build("ddpm-digits", **{k: v for k, v in kw.items() if "." in k}).denoiser.backbone
+    blocks = sum(len(block) for block in [*net.down, net.mid, *net.up])  # what UNet._run loops over
+    assert calls["checkpointed"] == blocks > 0, "every block of the one forward was checkpointed"
+    assert calls["ran"] == 2 * calls["checkpointed"], "and recomputed in the backward"
+    monkeypatch.delattr(unet.UNet, "set_grad_checkpointing")
+    with pytest.raises(zoo.SpecError, match=r"train\.grad_checkpointing=true, but backbone 'unet' \(UNet\) cannot"):
+        zoo.train("ddpm-digits", output=str(tmp_path / "c"), progress=False, grad_checkpointing=True, **kw)
 
 
 class Crash(Exception):
