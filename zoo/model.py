@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -83,6 +84,47 @@ class Model(nn.Module):
         return ((self.autoencoder.decode(x0) + 1) / 2).clamp(0, 1)
 
     # -- sampling --------------------------------------------------------------------------------
+    def plan(self, *, steps: int | None = None, solver: str | dict | Any = None, grid: str | dict | Any = None,
+             guidance: float | None = None) -> SamplingPlan:
+        """The spec's sampling defaults with the given ones in their place, validated."""
+        cfg = self.spec.sampling
+        w = cfg.guidance if guidance is None else guidance
+        if w < 0:
+            raise ValueError(f"guidance must be >= 0, got {w}")
+        return SamplingPlan(
+            steps=cfg.steps if steps is None else steps,
+            solver=_component(_SOLVERS, solver, "solver") if solver is not None else cfg.solver,
+            grid=_component(_GRIDS, grid, "grid") if grid is not None else cfg.grid,
+            guidance=w,
+        )
+
+    @torch.no_grad()
+    def solve(self, plan: SamplingPlan, rng: RandomSource, *, x: Tensor | None = None,
+              labels: int | Sequence[int] | Tensor | None = None, prompt: str | Sequence[str] | None = None,
+              progress: bool = False) -> Tensor:
+        """The one sampling pipeline (``sample`` and reflow's pairs call it): the prior x_T (drawn
+        from ``rng`` unless given), the condition and, with guidance, the null condition, the grid,
+        the guided denoiser and the solver; returns x0 in the space diffusion runs in."""
+        n, w = rng.n, plan.guidance
+        if w and not self.conditioner.guidable:
+            raise ValueError(f"guidance={w} needs a conditional model; {self.name} is unconditional")
+        device = self.device
+        was_training = self.training
+        self.eval()
+        try:
+            ts = plan.grid.build()(self.process, plan.steps)
+            x = self.process.prior(self.latent_shape, rng).to(device) if x is None else x.to(device)
+            cond = _to(self.conditioner.request(n, labels=labels, prompt=prompt), device)
+            null = _to(self.conditioner.null(n), device) if w else None
+            fn = bind(self.denoiser, cond, null, w, self.spec.sampling.clip_x0)
+            bar = tqdm(desc=f"sample {self.name}", unit="nfe", disable=not progress, leave=False, mininterval=1.0)
+            fn, _ = count_calls(fn, bar.update)
+            x0 = plan.solver.build()(fn, self.process, x, ts, rng)
+            bar.close()
+        finally:
+            self.train(was_training)
+        return x0
+
     @torch.no_grad()
     def sample(
         self,
@@ -106,40 +148,26 @@ class Model(nn.Module):
         """
         if n < 1:
             raise ValueError(f"n must be >= 1, got {n}")
-        cfg = self.spec.sampling
-        steps = cfg.steps if steps is None else steps
-        solver_spec = _component(_SOLVERS, solver, "solver") if solver is not None else cfg.solver
-        grid_spec = _component(_GRIDS, grid, "grid") if grid is not None else cfg.grid
-        w = cfg.guidance if guidance is None else guidance
-        if w < 0:
-            raise ValueError(f"guidance must be >= 0, got {w}")
-        device = self.device
+        plan = self.plan(steps=steps, solver=solver, grid=grid, guidance=guidance)
         if rng is None:
             seeds = [(int(seed), n)] if isinstance(seed, numbers.Integral) else [(int(s), 1) for s in seed]
             if len(seeds) != n and not isinstance(seed, numbers.Integral):
                 raise ValueError(f"got {len(seeds)} seeds for n={n} samples (give one seed, or one per sample)")
-            rng = RandomSource.from_seeds(seeds, device)
+            rng = RandomSource.from_seeds(seeds, self.device)
         if rng.n != n:
             raise ValueError(f"random source has {rng.n} rows for n={n} samples")
-
-        if w and not self.conditioner.guidable:
-            raise ValueError(f"guidance={w} needs a conditional model; {self.name} is unconditional")
-        cond = _to(self.conditioner.request(n, labels=labels, prompt=prompt), device)
-        null = _to(self.conditioner.null(n), device) if w else None
-
-        was_training = self.training
-        self.eval()
-        try:
-            ts = grid_spec.build()(self.process, steps)
-            x = self.process.prior(self.latent_shape, rng).to(device)
-            fn = bind(self.denoiser, cond, null, w, cfg.clip_x0)
-            bar = tqdm(desc=f"sample {self.name}", unit="nfe", disable=not progress, leave=False, mininterval=1.0)
-            fn, _ = count_calls(fn, bar.update)
-            x0 = solver_spec.build()(fn, self.process, x, ts, rng)
-            bar.close()
-        finally:
-            self.train(was_training)
+        x0 = self.solve(plan, rng, labels=labels, prompt=prompt, progress=progress)
         return x0 if return_latents else self.decode(x0)
+
+
+@dataclass(frozen=True)
+class SamplingPlan:
+    """How to sample: grid steps, solver, grid and guidance scale, all resolved (Model.plan)."""
+
+    steps: int
+    solver: SolverSpec
+    grid: GridSpec
+    guidance: float
 
 
 def _to(cond: dict[str, Tensor] | None, device: torch.device) -> dict[str, Tensor] | None:

@@ -20,10 +20,9 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from components.denoisers import bind
 from components.random import RandomSource, derive_seed
 from zoo.errors import SpecError
-from zoo.model import _GRIDS, _SOLVERS, Model, _component
+from zoo.model import Model
 
 
 def is_deterministic(solver: Any) -> bool:
@@ -60,40 +59,28 @@ def iter_pairs(
     batch_size: int = 256,
     progress: bool = False,
 ) -> Iterator[dict[str, Tensor]]:
-    """``flow_pairs`` a batch at a time (on the CPU), so pairs of any number stream to storage."""
-    cfg = model.spec.sampling
-    solver_spec = _component(_SOLVERS, solver, "solver") if solver is not None else cfg.solver
-    grid_spec = _component(_GRIDS, grid, "grid") if grid is not None else cfg.grid
-    if not is_deterministic(solver_spec):
-        raise SpecError(f"reflow pairs need a deterministic ODE solver; {solver_spec!r} adds noise")
-    steps = cfg.steps if steps is None else steps
+    """``flow_pairs`` a batch at a time (on the CPU), so pairs of any number stream to storage.
+    Each batch is sampled by ``Model.solve`` from the noise and labels drawn here."""
+    plan = model.plan(steps=steps, solver=solver, grid=grid)
+    if not is_deterministic(plan.solver):
+        raise SpecError(f"reflow pairs need a deterministic ODE solver; {plan.solver!r} adds noise")
     kind = model.spec.conditioner.kind
     if kind not in ("unconditional", "class_label"):
         raise NotImplementedError(f"reflow pairs for a {kind} conditioner (only unconditional and class_label)")
     process, device = model.process, model.device
-    ts = grid_spec.build()(process, steps)
-    run_solver = solver_spec.build()
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=n, desc=f"reflow pairs {model.name}", unit="pair", disable=not progress, mininterval=2.0)
     try:
         for start in range(0, n, batch_size):
             idx = range(start, min(n, start + batch_size))
             rng = RandomSource.from_seeds([(derive_seed(seed, "reflow", i), 1) for i in idx], device)
             eps = rng.randn(*model.latent_shape)
-            cond = null = None
             batch: dict[str, Tensor] = {}
+            labels = None
             if kind == "class_label":
                 labels = rng.randint(0, model.conditioner.num_classes)
                 batch["label"] = labels.cpu()
-                cond = model.conditioner.request(len(idx), labels=labels)
-                cond = {k: v.to(device) for k, v in cond.items()}
-                if cfg.guidance:
-                    null = {k: v.to(device) for k, v in model.conditioner.null(len(idx)).items()}
-            fn = bind(model.denoiser, cond, null, cfg.guidance, cfg.clip_x0)
-            x0 = run_solver(fn, process, eps * process.prior_std(), ts, rng)
+            x0 = model.solve(plan, rng, x=eps * process.prior_std(), labels=labels)
             bar.update(len(idx))
             yield {"noise": eps.float().cpu(), "latent": x0.float().cpu(), **batch}
     finally:
         bar.close()
-        model.train(was_training)
