@@ -1,6 +1,7 @@
 """Where a worker runs: its rank, device, how it reports metrics and checkpoints, and where it
-finds the checkpoint to resume from. The loop is written against this, so the same loop runs
-in-process (LocalContext) and inside a Ray Train TorchTrainer (jobs.ray_context.RayContext)."""
+finds the checkpoint to resume from. The loop is written against this; its one implementation
+is jobs.ray_context.RayContext, for Ray Train workers and for Ray Train's local mode alike
+(``workers=0`` runs the loop in the calling process)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,6 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from zoo import checkpoint as ckpt
 
 
 class WorkerContext(ABC):
@@ -72,40 +72,3 @@ class MetricsLog:
         self.fs.makedirs(posixpath.dirname(self.path), exist_ok=True)
         with self.fs.open(self.path, "w") as f:
             f.writelines(json.dumps(m) + "\n" for m in self.rows)
-
-
-class LocalContext(WorkerContext):
-    """One process; checkpoints go to run_dir/checkpoints/step_N on any fsspec URL."""
-
-    def __init__(self, run_dir: str, keep: int, resume_from: str | None = None, device: str | None = None):
-        self.run_dir = run_dir.rstrip("/")
-        self.keep = keep
-        self.resume_from = resume_from
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        fs, path = fsspec.core.url_to_fs(self.run_dir)
-        fs.makedirs(path, exist_ok=True)
-        self.log = MetricsLog(self.run_dir)
-
-    @property
-    def metrics(self) -> list[dict[str, Any]]:
-        return self.log.rows
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None = None) -> str | None:
-        self.log.add(metrics)
-        if checkpoint_dir is None:
-            return None
-        root = posixpath.join(self.run_dir, "checkpoints")
-        url = ckpt.upload(checkpoint_dir, posixpath.join(root, ckpt.step_dir(metrics["step"])))
-        ckpt.prune(root, self.keep)
-        self.flush()
-        return url
-
-    def event(self, row: dict[str, Any]) -> None:
-        self.log.add(row)
-        self.log.flush()
-
-    def flush(self) -> None:
-        self.log.flush()
-
-    def latest_checkpoint(self) -> str | None:
-        return ckpt.latest(self.resume_from) if self.resume_from else None

@@ -85,12 +85,9 @@ def test_zoo_reflow_cli_trains_2_rf_on_pairs_from_the_1_rf(tiny_rf):
 def test_training_starts_from_the_weights_it_is_given(tiny_rf, tmp_path):
     run, _ = tiny_rf
     src = zoo.load(run.checkpoint)
-    from jobs.context import LocalContext
-    from jobs.loop import train_loop
-
-    spec = zoo.get("rf-digits", weights=run.checkpoint, **tiny_overrides(steps=1, lr=1e-12, warmup_steps=0))
-    train_loop(spec, LocalContext(str(tmp_path / "r"), keep=1), progress=False)
-    tuned = zoo.load(str(tmp_path / "r"))
+    tuned = zoo.train("rf-digits", weights=run.checkpoint, output=str(tmp_path), progress=False,
+                      **tiny_overrides(steps=1, lr=1e-12, warmup_steps=0))  # workers=0: Ray Train's local mode
+    tuned = zoo.load(tuned.dir)
     a, b = src.denoiser.state_dict(), tuned.denoiser.state_dict()
     assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
 

@@ -11,9 +11,7 @@ import torch
 
 import zoo
 from components.random import RandomSource
-from jobs.context import LocalContext
 from jobs.data import open_data
-from jobs.loop import train_loop
 from tests.conftest import tiny_overrides
 from zoo import checkpoint as ckpt
 
@@ -113,13 +111,6 @@ def test_data_and_noise_do_not_depend_on_worker_count():
     full = RandomSource.for_step(0, 5, 8, slice(0, 8)).randn(3)
     parts = [RandomSource.for_step(0, 5, 8, slice(4 * r, 4 * r + 4)).randn(3) for r in range(2)]
     torch.testing.assert_close(torch.cat(parts), full)
-
-
-def test_one_process_loop_runs_with_a_local_context(tmp_path):
-    run = zoo.get("ddpm-digits", **tiny_overrides(steps=2))
-    ctx = LocalContext(str(tmp_path / "r"), keep=1)
-    last = train_loop(run, ctx, progress=False)
-    assert last["step"] == 2 and ckpt.latest(str(tmp_path / "r")) is not None
 
 
 def test_sampling_is_reproducible_per_seed(tmp_path):
