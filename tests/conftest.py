@@ -12,11 +12,13 @@ torch.set_num_threads(max(1, torch.get_num_threads()))
 
 
 @pytest.fixture(scope="session")
-def trained_digits(tmp_path_factory, ray_cluster) -> zoo.Run:
+def trained_digits(tmp_path_factory, request) -> zoo.Run:
     """ddpm-digits exactly as the catalog has it (the `make demo` run), on one Ray Train worker
-    of the session's cluster."""
-    out = tmp_path_factory.mktemp("runs")
-    return zoo.train("ddpm-digits", output=str(out), progress=False)
+    of the session's cluster; trained once per spec and code and kept under $ZOO_CACHE
+    (tests/train_cache.py)."""
+    from tests.train_cache import cached_train
+
+    return cached_train(tmp_path_factory, "ddpm-digits", before=lambda: request.getfixturevalue("ray_cluster"))
 
 
 def tiny_overrides(**extra) -> dict:
