@@ -1,10 +1,12 @@
 """Which Ray cluster a run uses: the one this process already joined; the one ``address=`` or
-``RAY_ADDRESS`` names; or an embedded local cluster started on the spot (no dashboard, enough
-logical CPUs that Ray Data has some beside the train workers even on a 2-core machine, so
-nothing waits forever for a CPU)."""
+``RAY_ADDRESS`` names; or an embedded local cluster started on the spot: one Ray on this machine
+that ends with this process, no dashboard, every port on loopback (127.0.0.1), workers at nice 0
+(each train worker then sets the spec's ``nice``), and enough logical CPUs that Ray Data has some
+beside the train workers even on a 2-core machine, so nothing waits forever for a CPU."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -46,10 +48,41 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
     logical = max(os.cpu_count() or 1, math.ceil(cpus) + 1)  # +1: Ray Data's readers and decoders
     for key, value in EMBEDDED_TRAIN_ENV.items():  # before Ray Train reads them; the user's own win
         os.environ.setdefault(key, value)
-    ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=progress,
-             runtime_env={"worker_process_setup_hook": quiet_without_dashboard})
+    with loopback_only():
+        # every worker's output reaches this process (jobs.ray_log puts it in the run's log file);
+        # workers start at nice 0 rather than Ray's 15, and each train worker sets the spec's level
+        ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=True,
+                 _node_ip_address=LOOPBACK, _system_config={"worker_niceness": 0},
+                 runtime_env={"worker_process_setup_hook": quiet_without_dashboard})
     _embedded = True
     return "embedded"
+
+
+LOOPBACK = "127.0.0.1"
+# Ray 2.60 binds its servers (GCS, raylet, object manager, core workers, agents) to the node's IP.
+# That IP is what services.get_node_ip_address() returns, which is the loopback address only
+# when this switch is off (Ray's own setting for clusters that never leave one machine, the
+# default on macOS and Windows); ``_node_ip_address="127.0.0.1"`` alone is turned back into the
+# machine's routable IP. The switch is read at import (by this process) and from the
+# environment (by the processes ray.init starts), so both are set while the cluster starts, and
+# restored after: a later cluster joined by address must see this machine's real IP.
+LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def loopback_only():
+    from ray._private import ray_constants
+
+    before_env, before = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[LOCAL_ONLY_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = before
+        if before_env is None:
+            os.environ.pop(LOCAL_ONLY_ENV, None)
+        else:
+            os.environ[LOCAL_ONLY_ENV] = before_env
 
 
 def quiet_without_dashboard() -> None:

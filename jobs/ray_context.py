@@ -107,9 +107,23 @@ class RayContext(WorkerContext):
         return ray.train.get_dataset_shard("train")
 
     def progress(self, total: int, initial: int, desc: str, disable: bool, **_) -> Any:
-        if self.local_mode:
-            return super().progress(total=total, initial=initial, desc=desc, disable=disable, mininterval=2.0)
-        return RayBar(total, initial, desc, disable)
+        """Counted here, drawn by the caller of zoo.train (jobs.progress)."""
+        if disable:
+            return NoBar()
+        from jobs.progress import FileBar
+
+        return FileBar(self.run_dir, total, initial)
+
+
+class NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix(self, **kw) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 def upload_checkpoint(checkpoint, dir_name: str, *, root: str):
@@ -122,38 +136,34 @@ def upload_checkpoint(checkpoint, dir_name: str, *, root: str):
     return ray.train.Checkpoint(path=path, filesystem=fs)
 
 
-class RayBar:
-    """tqdm in a Ray worker, drawn by the driver (ray.experimental.tqdm_ray)."""
-
-    def __init__(self, total: int, initial: int, desc: str, disable: bool):
-        self.bar, self.desc = None, desc
-        if not disable:
-            from ray.experimental.tqdm_ray import tqdm
-
-            self.bar = tqdm(total=total, desc=desc, unit="step")
-            self.bar.update(initial)
-
-    def update(self, n: int = 1) -> None:
-        if self.bar is not None:
-            self.bar.update(n)
-
-    def set_postfix(self, **kw) -> None:
-        if self.bar is not None:
-            self.bar.set_description(self.desc + " " + " ".join(f"{k}={v}" for k, v in kw.items()))
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def worker_entry(config: dict[str, Any]) -> dict[str, Any]:
     """``train_loop_per_worker`` of the TorchTrainer."""
     from jobs.loop import train_loop
     from zoo.specs import RunSpec
 
     run = RunSpec.model_validate_json(config["run_json"])
+    if not config["local_mode"]:  # workers=0 runs in the caller's process: its priority is the caller's
+        set_nice(run.train.nice)
     ctx = RayContext(config)
     try:
         return train_loop(run, ctx, progress=config["progress"])
     finally:
         ctx.flush()  # the metrics up to a failure too
+
+
+def set_nice(level: int) -> None:
+    """This worker at scheduling niceness ``level`` (train.nice). Raising is always allowed;
+    lowering a level the cluster started higher (Ray's default is 15) needs CAP_SYS_NICE, so
+    the worker then says so and keeps its level."""
+    import os
+    import warnings
+
+    now = os.getpriority(os.PRIO_PROCESS, 0)
+    if now == level:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, level)
+    except PermissionError:
+        warnings.warn(f"train.nice={level}: this Ray cluster started the worker at nice {now}, and lowering it "
+                      f"needs CAP_SYS_NICE: it stays at {now} (start the cluster's raylets with "
+                      f"RAY_worker_niceness={level}, or set nice >= {now})", stacklevel=2)

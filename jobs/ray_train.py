@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Any
@@ -28,9 +29,27 @@ HEALTH_CHECK_ENV = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 
 
 def fit(run: RunSpec, run_dir: str, resume_from: str | None, *, address: str | None = None,
-        progress: bool = True, device: str | None = None, callbacks: list | tuple = ()) -> dict[str, Any]:
+        progress: bool = True, device: str | None = None, callbacks: list | tuple = (),
+        verbose: bool = False) -> dict[str, Any]:
     """Train ``run`` into ``run_dir``; returns the last metrics. Raises the worker's ZooError
-    (NonFiniteLossError, DataError, CheckpointError) as itself."""
+    (NonFiniteLossError, DataError, CheckpointError) as itself. Ray's own output goes to
+    ``<run>/ray.log`` (``verbose``: to the terminal); ``progress`` draws one bar (jobs.progress)."""
+    from jobs import progress as bars
+    from jobs import ray_log
+
+    cluster.check_address(address)
+    checked = _check_shards(run) if data_sources.kind(run.train.data) == "shards" else None  # before any cluster starts
+    bars.clear(run_dir)
+    with ray_log.to_run_folder(run_dir, verbose) as terminal:
+        watch = (bars.Watcher(run_dir, run.train.steps, f"train {run.name}", terminal) if progress
+                 else contextlib.nullcontext())
+        with watch:
+            return _fit(run, run_dir, resume_from, checked, address=address, progress=progress, device=device,
+                        callbacks=callbacks)
+
+
+def _fit(run: RunSpec, run_dir: str, resume_from: str | None, checked, *, address: str | None,
+         progress: bool, device: str | None, callbacks: list | tuple) -> dict[str, Any]:
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -38,8 +57,6 @@ def fit(run: RunSpec, run_dir: str, resume_from: str | None, *, address: str | N
     local_mode = tr.workers == 0
     streamed = data_sources.kind(tr.data) == "shards"
     datasets, counter = {}, None
-    cluster.check_address(address)
-    checked = _check_shards(run) if streamed else None  # at the boundary, before any cluster starts
     if not local_mode or streamed:
         cpus, gpus = tr.workers * tr.cpus_per_worker, tr.workers * tr.gpus_per_worker
         how = cluster.ensure(address, cpus=cpus, gpus=gpus, progress=progress)

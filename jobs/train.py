@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 import posixpath
+import sys
 from typing import Any
 
 import fsspec
 
 from jobs import data as data_sources
 from jobs import ray_train
+from jobs.ray_log import url as ray_log_url
 from jobs.context import MetricsLog
 from zoo import checkpoint as ckpt
 from zoo import plots
@@ -28,6 +30,7 @@ def train(
     device: str | None = None,
     address: str | None = None,
     callbacks: list | tuple = (),
+    verbose: bool = False,
     **overrides: Any,
 ) -> Run:
     """Train a catalog entry (or a RunSpec) with typed overrides on Ray Train, e.g.
@@ -38,7 +41,9 @@ def train(
     names, else an embedded local one. ``workers=0`` runs in this process (Ray Train's local
     mode). ``resume=True`` continues the newest run of the same spec from its newest complete
     checkpoint; ``resume="<run dir URL>"`` continues that run. ``callbacks`` run in every worker
-    (jobs.callbacks.Callback). ``device`` applies to workers=0.
+    (jobs.callbacks.Callback). ``device`` applies to workers=0. ``progress`` draws one bar
+    (step, loss, img/s, ETA; a single final line when stderr is not a terminal); Ray's own
+    output goes to ``<run>/ray.log`` unless ``verbose``.
     """
     run = absolute_paths(resolve_run(model, overrides))
     resume = local_absolute(resume) if isinstance(resume, str) else resume
@@ -56,12 +61,15 @@ def train(
     with fs.open(posixpath.join(path, "spec.json"), "w") as f:
         f.write(json.dumps(run.model_dump(mode="json"), indent=2))
 
-    ray_train.fit(run, run_dir, resume_from, address=address, progress=progress, device=device, callbacks=callbacks)
+    ray_train.fit(run, run_dir, resume_from, address=address, progress=progress, device=device, callbacks=callbacks,
+                  verbose=verbose)
     result = Run(run, run_dir, ckpt.latest(run_dir), metrics=MetricsLog(run_dir).rows,
                  bad_samples=ray_train.bad_samples(run_dir))
-    plots.loss_curve(run_dir)  # <run>/loss.png from metrics.jsonl
+    result.loss_plot = plots.loss_curve(run_dir)  # <run>/loss.png from metrics.jsonl
+    result.ray_log = ray_log_url(run_dir) if not verbose else None
     if run.train.grid_samples and result.checkpoint:
         trained = load(result.checkpoint, device=device or "cpu")
-        images = trained.sample(run.train.grid_samples, seed=run.train.seed, progress=progress)
+        images = trained.sample(run.train.grid_samples, seed=run.train.seed,
+                                progress=progress and sys.stderr.isatty())  # a bar in a log file repeats its line
         result.grid = save_grid(images, posixpath.join(run_dir, "samples.png"))
     return result

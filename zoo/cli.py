@@ -51,8 +51,9 @@ def train(
     resume: Optional[str] = typer.Option(None, help="'latest' for the newest run of this spec, or a run URL"),
     progress: bool = typer.Option(True, help="show progress bars"),
     address: Optional[str] = typer.Option(None, help="Ray cluster to train on (HOST:6379, ray://HOST:10001); default: RAY_ADDRESS or an embedded one"),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="show Ray's own logs here instead of in <run>/ray.log"),
 ) -> None:
-    """Train a catalog entry; prints the run folder, checkpoint and sample grid."""
+    """Train a catalog entry; prints the run folder, checkpoint, sample grid, loss plot and Ray's log."""
     import zoo
 
     try:
@@ -62,13 +63,17 @@ def train(
         if output is not None:
             kw["output"] = output
         res: bool | str = False if resume is None else (True if resume == "latest" else resume)
-        run = zoo.train(name, resume=res, progress=progress, address=address, **kw)
+        run = zoo.train(name, resume=res, progress=progress, address=address, verbose=verbose, **kw)
     except zoo.ZooError as e:
         _fail(e)
     typer.echo(f"run:        {run.dir}")
     typer.echo(f"checkpoint: {run.checkpoint}")
     if run.grid:
         typer.echo(f"samples:    {run.grid}")
+    if run.loss_plot:
+        typer.echo(f"loss plot:  {run.loss_plot}")
+    if run.ray_log:
+        typer.echo(f"Ray's log:  {run.ray_log}")
 
 
 @app.command()

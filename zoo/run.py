@@ -26,6 +26,8 @@ class Run:
     grid: str | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     bad_samples: dict[str, Any] | None = None
+    loss_plot: str | None = None  # <run>/loss.png
+    ray_log: str | None = None  # <run>/ray.log: Ray's own output of the run (None: it went to the terminal)
 
     def __repr__(self) -> str:
         return f"Run({self.spec.name!r}, dir={self.dir!r}, checkpoint={self.checkpoint!r}, grid={self.grid!r})"

@@ -117,6 +117,9 @@ class TrainSpec(Spec):
     on_bad_sample: Literal["error", "skip"] = Field(
         "error", description="a sample that does not decode: stop with an error naming its shard, or skip and count it")
     shuffle_buffer: int = Field(1000, ge=0, description="rows in each worker's shuffle buffer when streaming shards")
+    nice: int = Field(0, ge=0, le=19, description="scheduling niceness of the train workers (0: normal "
+                      "priority, 19: lowest; Ray's own default is 15). A worker can raise its level but lowering "
+                      "one that a cluster started higher needs CAP_SYS_NICE. workers=0 leaves the caller's alone")
     output: str = Field("runs", description="where runs are written: a path or any fsspec URL")
 
     @property
@@ -140,7 +143,7 @@ class TrainSpec(Spec):
         return self
 
 
-EXECUTION_ONLY = ("output", "max_failures")
+EXECUTION_ONLY = ("output", "max_failures", "nice")
 
 
 class RunSpec(Spec):
@@ -152,8 +155,8 @@ class RunSpec(Spec):
 
     def hash(self) -> str:
         """A stable content hash of what is trained (model + train), for naming artifacts. Where
-        the run is written and how often a failed run may restart do not change what is trained,
-        so they are left out (``zoo train --resume latest max_failures=3`` finds the run)."""
+        the run is written, how often a failed run may restart and the workers' nice level do not
+        change what is trained, so they are left out (``zoo train --resume latest max_failures=3`` finds the run)."""
         body = self.model_dump(mode="json", include={"model", "train"})
         for key in EXECUTION_ONLY:
             body["train"].pop(key)
