@@ -28,6 +28,7 @@ class Run:
     bad_samples: dict[str, Any] | None = None
     loss_plot: str | None = None  # <run>/loss.png
     ray_log: str | None = None  # <run>/ray.log: Ray's own output of the run (None: it went to the terminal)
+    rounds: list[Run] = field(default_factory=list)  # a chained distillation's earlier rounds, first to last
 
     def __repr__(self) -> str:
         return f"Run({self.spec.name!r}, dir={self.dir!r}, checkpoint={self.checkpoint!r}, grid={self.grid!r})"

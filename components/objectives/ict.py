@@ -16,7 +16,7 @@ total steps, handed over by the training loop through ``attach``. The objective 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -37,6 +37,7 @@ class IctSpec(Spec):
     p_std: float = Field(2.0, gt=0)
     rho: float = Field(7.0, gt=0)
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
+    distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
 
     def build(self) -> Ict:
         return Ict(self)
