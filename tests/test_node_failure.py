@@ -1,0 +1,194 @@
+"""DRAFT (skipped, not yet passing). A node dies, not just a worker (issue 11, item 10): on a two-node Ray cluster on 127.0.0.1 (a
+head from ``ray start --head`` and a second ``ray start --address`` node, 2 CPUs each), a 2-worker
+run with one worker on each node and checkpoints on the S3 API server loses the second node
+mid-run (its raylet and workers SIGKILLed); Ray Train restarts the worker group from the last
+complete checkpoint once the node is back, and the run ends bit-identical to one that never
+stopped. Every process the test starts is ended by its id."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import fsspec
+import pytest
+import torch
+
+from tests.conftest import free_port, tiny_overrides
+from zoo import checkpoint as ckpt
+
+pytestmark = [pytest.mark.slow, pytest.mark.skip(
+    reason="DRAFT, not shown to pass (issue 11 item 10 is open): its one run on the loaded 2-core machine "
+           "failed before training: the head's `ray start` timed out during startup and the second node then "
+           "got InvalidAuthToken from the GCS")]
+psutil = pytest.importorskip("psutil")
+
+# 8 steps, checkpoints after 3, 6 and 8; one worker per node (2 CPUs each); the node dies after step 4
+RUN = tiny_overrides(steps=8, checkpoint_every=3, keep_checkpoints=3, batch_size=16, workers=2,
+                     cpus_per_worker=2.0, max_failures=3)
+RAY = str(Path(sys.executable).with_name("ray"))
+
+DRIVER = r'''
+import json, os, sys, time
+import ray
+import zoo
+from jobs import cluster
+from jobs.callbacks import Callback
+
+
+class HoldAfter(Callback):
+    """Records each rank's node; every rank stops after step `step` until `release` exists."""
+
+    def __init__(self, folder, step):
+        self.folder, self.step = folder, step
+
+    def on_train_start(self, step, rank):
+        path = os.path.join(self.folder, f"node-{rank}")
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write(ray.get_runtime_context().get_node_id())
+
+    def on_step_end(self, step, rank, row):
+        if step == self.step and not os.path.exists(os.path.join(self.folder, "release")):
+            open(os.path.join(self.folder, "reached"), "a").close()
+            deadline = time.time() + 600
+            while not os.path.exists(os.path.join(self.folder, "release")) and time.time() < deadline:
+                time.sleep(0.2)
+
+
+a = json.loads(sys.argv[1])
+ray.init(address=a["address"], runtime_env=cluster.code_runtime_env(), log_to_driver=False)
+deadline = time.time() + 300
+while ray.cluster_resources().get("CPU", 0) < 4:  # both nodes
+    assert time.time() < deadline, ray.cluster_resources()
+    time.sleep(0.5)
+callbacks = [HoldAfter(a["folder"], a["hold"])] if a["hold"] else []
+run = zoo.train("ddpm-digits", output=a["output"], progress=False, callbacks=callbacks, **a["overrides"])
+print("RESULT " + json.dumps({"dir": run.dir, "checkpoint": run.checkpoint}), flush=True)
+'''
+
+
+class Node:
+    """One ``ray start --block`` process and everything it starts, ended by process id."""
+
+    def __init__(self, args: list[str], log: Path):
+        self.log = open(log, "ab")
+        self.proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
+                                      "--num-cpus=2", "--num-gpus=0", "--object-store-memory=100000000", *args, *ports()],
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def kill(self, sig=signal.SIGKILL) -> None:
+        try:
+            procs = [psutil.Process(self.proc.pid), *psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            procs = []
+        for p in reversed(procs):  # workers and raylet first, then `ray start`
+            try:
+                p.send_signal(sig)
+            except psutil.NoSuchProcess:
+                pass
+        _, alive = psutil.wait_procs(procs, timeout=20)
+        for p in alive:
+            p.kill()
+        self.proc.wait(timeout=30)
+        self.log.close()
+
+
+def ports() -> list[str]:
+    names = ["node-manager-port", "object-manager-port", "dashboard-agent-listen-port", "dashboard-agent-grpc-port",
+             "runtime-env-agent-port", "metrics-export-port"]
+    return [f"--{n}={free_port()}" for n in names]
+
+
+@pytest.fixture()
+def two_nodes(s3_server, tmp_path):
+    """A head and a second node on 127.0.0.1 (started after the S3 server: they inherit its
+    endpoint); yields (address, start the second node again, the second node)."""
+    temp = tempfile.mkdtemp(prefix="zr-", dir="/tmp")  # short: Ray's socket paths have a length limit
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    head = Node(["--head", f"--port={port}", "--include-dashboard=false", f"--temp-dir={temp}",
+                 f"--ray-client-server-port={free_port()}"], tmp_path / "head.log")
+    nodes = {"second": None}
+
+    def start_second() -> Node:
+        nodes["second"] = Node([f"--address={address}"], tmp_path / "second.log")
+        return nodes["second"]
+
+    try:
+        time.sleep(3)  # the head's GCS up before the second node joins
+        start_second()
+        yield address, start_second, nodes
+    finally:
+        if nodes["second"] is not None:
+            nodes["second"].kill()
+        head.kill(signal.SIGTERM)  # `ray start --block` stops its processes
+        for p in psutil.process_iter(["pid", "cmdline"]):  # anything of this cluster left behind
+            if any(temp in part for part in (p.info["cmdline"] or [])):
+                try:
+                    p.kill()
+                except psutil.NoSuchProcess:
+                    pass
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def drive(address: str, output: str, folder: Path, hold: int | None, tmp_path: Path) -> subprocess.Popen:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    args = {"address": address, "output": output, "folder": str(folder), "hold": hold, "overrides": RUN}
+    return subprocess.Popen([sys.executable, str(script), json.dumps(args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env={**os.environ, "RAY_ADDRESS": address})
+
+
+def result(proc: subprocess.Popen, timeout: float = 600) -> dict:
+    out, _ = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, out[-6000:]
+    return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
+
+
+def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+    deadline = time.time() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()[0][-6000:]
+        assert time.time() < deadline, f"{path} never appeared"
+        time.sleep(0.5)
+
+
+def test_a_run_that_loses_a_node_restarts_when_it_returns_and_ends_bit_identical(two_nodes, tmp_path):
+    address, start_second, nodes = two_nodes
+    s3 = fsspec.filesystem("s3")
+    s3.mkdir("zoo-nodes")
+    reference = result(drive(address, "s3://zoo-nodes/straight", tmp_path / "straight", None, tmp_path))
+
+    folder = tmp_path / "killed"
+    folder.mkdir()
+    proc = drive(address, "s3://zoo-nodes/killed", folder, 4, tmp_path)
+    try:
+        wait_for(folder / "reached", proc)  # every rank is past step 4; step_00000003 is complete
+        ranks = [(folder / f"node-{r}").read_text() for r in range(2)]
+        assert ranks[0] != ranks[1], "one worker on each node"
+        nodes["second"].kill()  # the node dies: raylet, its workers and `ray start`
+        (folder / "release").touch()
+        time.sleep(5)
+        start_second()  # resources return: Ray Train starts the group again
+        killed = result(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    assert killed["checkpoint"].endswith("step_00000008") and reference["checkpoint"].endswith("step_00000008")
+    rows = [json.loads(line) for line in s3.cat_file(f"{killed['dir']}/metrics.jsonl").decode().splitlines()]
+    resumed = [r for r in rows if r.get("event") == "resumed"]
+    assert resumed and resumed[-1]["step"] == 3, "the group restarted from step_00000003"
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        a = ckpt.Checkpoint(reference["checkpoint"]).tensors(name)
+        b = ckpt.Checkpoint(killed["checkpoint"]).tensors(name)
+        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
