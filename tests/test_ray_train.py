@@ -61,8 +61,6 @@ def test_two_workers_with_half_batches_train_what_one_worker_trains(references, 
     assert a.keys() == b.keys() and all(a[k].shape == b[k].shape for k in a), "full optimizer state"
     losses = lambda r: [m["loss"] for m in r.metrics if "loss" in m]  # noqa: E731
     torch.testing.assert_close(torch.tensor(losses(one)), torch.tensor(losses(two)), rtol=1e-4, atol=1e-5)
-    first, last = losses(one)[:3], losses(one)[-3:]
-    assert sum(last) < sum(first), f"the loss falls over the 8 steps: {losses(one)}"
 
 
 def seeded_init(spec) -> dict[str, torch.Tensor]:
