@@ -3,8 +3,16 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+# OpenMP threads that sleep when they wait instead of spinning: on 2 cores shared with other
+# processes (Ray workers, a loaded CI box) spinning threads made one small train step 13x slower
+# (40 s vs 3 s measured); sleeping ones keep both cores' speed on an idle machine. Set before
+# torch loads its OpenMP runtime; Ray workers started by the session inherit it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 import zoo
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from typing import Literal
 
+import numpy as np
 import pytest
 import torch
 from typer.testing import CliRunner
@@ -16,8 +17,11 @@ from components.denoisers.base import DenoiseFn
 from components.solvers.base import at
 from components.spec import Spec
 from tests.conftest import tiny_overrides
+from tests.train_cache import cached_train
 from zoo.cli import app
+from zoo.data import digits
 from zoo.evaluation import plan as planning
+from zoo.metrics.digits_classifier import classifier
 from zoo.model import Model
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -26,8 +30,60 @@ COND = {"conditioner": {"kind": "class_label", "num_classes": 10, "drop_prob": 0
 
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs")
-    return zoo.train("ddpm-digits", output=str(out), progress=False, **tiny_overrides())
+    return cached_train(tmp_path_factory, "ddpm-digits", **tiny_overrides())
+
+
+# -- the metrics recomputed by hand: the same seeds, labels and solver through model.sample, the
+# digits classifier called directly, and the formulas written out here (not zoo.metrics') ----------
+
+
+def by_hand(model: Model, solver: str, steps: int, n: int, guidance: float | None = None):
+    """What zoo.evaluate scores for one cell: sample i has seed i and, for a class-conditional
+    model, label i % classes; uint8 as a PNG writer rounds it."""
+    seeds = list(range(n))
+    k = getattr(model.conditioner, "num_classes", None)
+    labels = None if k is None else [i % k for i in seeds]
+    x = model.sample(n, steps=steps, solver=solver, guidance=guidance, seed=seeds, labels=labels)
+    return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels
+
+
+def digits_net(u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+    """(features, logits) of the shipped digits classifier on uint8 images."""
+    clf = classifier()
+    with torch.no_grad():
+        f = clf.features(u8.float() / 255 * 2 - 1)
+        return f.double().numpy(), clf.head(f).double().numpy()
+
+
+def frechet(f1: np.ndarray, f2: np.ndarray, sigma2: np.ndarray | None = None) -> float:
+    """||mu1 - mu2||^2 + Tr S1 + Tr S2 - 2 Tr (S1 S2)^(1/2) with S1 = A^T A / (n - 1) for the
+    centred features A of f1: the nonzero eigenvalues of S1 S2 are those of the small
+    A S2 A^T / (n - 1). ``f2``: features, or a mean with its covariance ``sigma2``."""
+    if sigma2 is None:
+        a2 = f2 - f2.mean(0)
+        mu2, sigma2 = f2.mean(0), a2.T @ a2 / (len(f2) - 1)
+    else:
+        mu2 = f2
+    a1 = f1 - f1.mean(0)
+    small = a1 @ sigma2 @ a1.T / (len(f1) - 1)
+    eig = np.clip(np.linalg.eigvals(small).real, 0, None)
+    diff = f1.mean(0) - mu2
+    return float(diff @ diff + (a1 * a1).sum() / (len(f1) - 1) + np.trace(sigma2) - 2 * np.sqrt(eig).sum())
+
+
+def inception_score_by_hand(logits: np.ndarray, splits: int) -> float:
+    """exp(E_x KL(p(y|x) || p(y))) per consecutive chunk, averaged (Salimans et al. 2016)."""
+    out = []
+    for idx in np.array_split(np.arange(len(logits)), splits):
+        p = torch.softmax(torch.from_numpy(logits[idx]), 1)
+        py = p.mean(0, keepdim=True)
+        out.append(torch.exp((p * (p.log() - py.log())).sum(1).mean()).item())
+    return float(np.mean(out))
+
+
+def heldout_digit_features() -> np.ndarray:
+    held = digits.load("heldout")[0]
+    return digits_net(((held + 1) / 2 * 255).round().to(torch.uint8))[0]
 
 
 class HeunLikeSpec(Spec):
@@ -63,7 +119,12 @@ def test_evaluate_table_files_and_reproducibility(tiny_run):
                       n=24, batch_size=24, progress=False)
     assert [(r["solver"], r["nfe_budget"], r["steps"], r["nfe"]) for r in ev.records] == [
         (s, b, b, b) for s in ("ddim", "ddpm") for b in (1, 2, 4)]
-    assert all(r["digits_fid"] > 0 and 1 <= r["digits_is"] <= 10 for r in ev.records)
+    # every cell's numbers recomputed from its own samples: FID against the held-out digits, IS in 10 chunks
+    model, ref = zoo.load(tiny_run.checkpoint), heldout_digit_features()
+    for r in ev.records:
+        feats, logits = digits_net(by_hand(model, r["solver"], r["steps"], 24)[0])
+        assert r["digits_fid"] == pytest.approx(frechet(feats, ref), rel=1e-6), r
+        assert r["digits_is"] == pytest.approx(inception_score_by_hand(logits, 10), rel=1e-9), r
     text = str(ev)
     assert "NFE 1" in text and "NFE 4" in text and "ddpm-digits" in text and "digits IS" in text
     # written next to the run: CSV, JSON, text, a plot per metric, sample grids
@@ -88,7 +149,13 @@ def test_training_writes_a_loss_curve(tiny_run):
 def test_conditional_models_are_label_sampled_and_scored():
     model = zoo.build("ddpm-digits", **tiny_overrides(**COND))
     guided = zoo.evaluate(model, metric="digits_accuracy", nfe=[2], n=20, guidance=1.0, progress=False)
-    assert 0.0 <= guided.records[0]["digits_accuracy"] <= 1.0 and guided.records[0]["guidance"] == 1.0
+    assert guided.records[0]["guidance"] == 1.0
+    # the share of the 20 samples whose classifier label is the label they were sampled with
+    images, labels = by_hand(model, "ddim", 2, 20, guidance=1.0)
+    hits = (digits_net(images)[1].argmax(1) == np.asarray(labels))
+    assert guided.records[0]["digits_accuracy"] == pytest.approx(hits.mean(), abs=1e-12)
+    wrong_labels = (digits_net(images)[1].argmax(1) == (np.asarray(labels) + 1) % 10).mean()
+    assert wrong_labels != hits.mean() or hits.mean() == 0, "the labels matter to the check"
     uncond = zoo.build("ddpm-digits", **tiny_overrides())
     ev = zoo.evaluate([model, uncond], metric=["digits_accuracy", "digits_fid"], nfe=[2], n=20, progress=False)
     assert ev.records[0]["digits_accuracy"] is not None and ev.records[1]["digits_accuracy"] is None
@@ -114,15 +181,26 @@ def test_errors_name_the_culprit(monkeypatch):
 def test_fid_and_inception_score_with_given_weights_and_reference(tmp_path, inception_weights):
     from safetensors.torch import save_file
 
-    from zoo.data import digits
-
     weights = inception_weights["safetensors"]
     data = str(tmp_path / "ref.safetensors")
     save_file({"image": digits.load("heldout")[0][:5].contiguous()}, data)
-    ev = zoo.evaluate(zoo.build("ddpm-digits", **tiny_overrides()), metric=["fid", "is"], nfe=[1], n=5,
+    model = zoo.build("ddpm-digits", **tiny_overrides())
+    ev = zoo.evaluate(model, metric=["fid", "is"], nfe=[1], n=5,
                       ref=data, inception=weights, out=str(tmp_path / "eval"), progress=False)
     r = ev.records[0]
-    assert r["fid"] > 0 and r["is"] >= 1.0 and ev.meta["detectors"]["inception"].startswith("pt_inception")
+    assert ev.meta["detectors"]["inception"].startswith("pt_inception")
+    # recomputed: the same 5 samples through the same Inception weights (one pass), against the
+    # mean and covariance of the 5 held-out digits stored next to the data
+    from zoo.metrics.inception import load_inception
+
+    net = load_inception(weights)[0]
+    images = by_hand(model, "ddim", 1, 5)[0]
+    with torch.no_grad():
+        out = net((images.float() / 255).expand(-1, 3, -1, -1))
+    fake, logits = out["pool"].double().numpy(), out["logits"].double().numpy()
+    stats = np.load(tmp_path / "ref.stats.inception.npz")
+    assert r["fid"] == pytest.approx(frechet(fake, stats["mu"], stats["sigma"]), rel=1e-5)
+    assert r["is"] == pytest.approx(inception_score_by_hand(logits, 5), rel=1e-9)  # 5 chunks of 1: exactly 1
     assert (tmp_path / "ref.stats.inception.npz").is_file()  # reference statistics stored next to the data
     assert open(ev.files["fid_plot"], "rb").read(8) == PNG
 
