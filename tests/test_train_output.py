@@ -1,0 +1,147 @@
+"""What a user of `zoo train` sees: one progress bar (one final line when output is not a
+terminal), then where the checkpoint, grid, loss plot and Ray's log are; Ray's own output in
+<run>/ray.log unless --verbose; the embedded cluster listens on loopback only."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import tiny_overrides
+
+ROOT = Path(__file__).resolve().parents[1]
+RAY_LINES = ("INFO", "WARNING", "Traceback", "Reporting training result", "Token authentication", "(RayTrainWorker",
+             "TrainController", "pid=")
+
+
+def zoo_train(tmp_path: Path, *extra: str, **overrides) -> subprocess.CompletedProcess:
+    """`zoo train` of a tiny ddpm-digits in a fresh process, stdout and stderr pipes (not a tty)."""
+    pairs = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(grid_samples=4, **overrides).items()]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, "-m", "zoo.cli", "train", "ddpm-digits", *pairs, "--output", str(tmp_path),
+                           *extra], capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
+
+
+def check_quiet(r: subprocess.CompletedProcess, tmp_path: Path, steps: int) -> Path:
+    out = r.stdout + r.stderr
+    assert r.returncode == 0, out
+    bars = [line for line in r.stderr.splitlines() if line.startswith("train ddpm-digits")]
+    assert len(bars) == 1 and f"{steps}/{steps}" in bars[0] and "loss=" in bars[0] and "img/s=" in bars[0], out
+    assert "\r" not in out, "a bar that redraws its line in a pipe: " + repr(out)
+    noise = [line for line in out.splitlines() if any(s in line for s in RAY_LINES)]
+    assert noise == [], f"Ray's own lines reached the terminal: {noise}"
+    (run_dir,) = tmp_path.glob("ddpm-digits-*")
+    said = dict(line.split(":", 1) for line in r.stdout.splitlines() if ":" in line)
+    assert {"run", "checkpoint", "samples", "loss plot", "Ray's log"} <= said.keys(), r.stdout
+    for what in ("samples", "loss plot", "Ray's log"):
+        assert Path(said[what].strip()).is_file() and Path(said[what].strip()).parent == run_dir, r.stdout
+    return run_dir
+
+
+def test_train_in_a_pipe_prints_one_bar_line_and_logs_ray_to_the_run_folder(tmp_path):
+    r = zoo_train(tmp_path, steps=4)
+    run_dir = check_quiet(r, tmp_path, 4)
+    log = (run_dir / "ray.log").read_text()
+    assert "local mode" in log, f"Ray Train's local-mode notice should be in ray.log: {log!r}"
+
+
+def test_verbose_shows_ray_and_writes_no_log_file(tmp_path):
+    r = zoo_train(tmp_path, "--verbose", steps=2)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "local mode" in r.stderr, r.stderr
+    (run_dir,) = tmp_path.glob("ddpm-digits-*")
+    assert not (run_dir / "ray.log").exists() and "Ray's log" not in r.stdout
+
+
+@pytest.mark.slow
+def test_train_on_the_embedded_cluster_is_quiet(tmp_path):
+    """One Ray Train worker on a fresh embedded cluster: the controller's and the worker's
+    output land in ray.log, the terminal has the bar and the summary only."""
+    r = zoo_train(tmp_path, steps=4, workers=1)
+    run_dir = check_quiet(r, tmp_path, 4)
+    assert (run_dir / "ray.log").stat().st_size > 0
+
+
+LISTENERS = """
+import json, sys
+from jobs import cluster
+import ray
+cluster.ensure(cpus=1.0, progress=False)
+import tests.test_train_output as t
+print(json.dumps(t.listening(t.process_tree(__import__("os").getpid()))))
+ray.shutdown()
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
+def test_embedded_cluster_listens_on_loopback_only():
+    """Every TCP port the embedded cluster's processes (GCS, raylet, agents, workers, this
+    driver) listen on is bound to a loopback address (issue 11 item 7)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    r = subprocess.run([sys.executable, "-c", LISTENERS], capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ports = json.loads(r.stdout.strip().splitlines()[-1])
+    assert len(ports) >= 3, f"found too few listening ports to judge (GCS, raylet, driver at least): {ports}"
+    exposed = [p for p in ports if not is_loopback(p["ip"])]
+    assert exposed == [], f"ports of the embedded cluster on non-loopback addresses: {exposed} (all: {ports})"
+
+
+def is_loopback(ip: str) -> bool:
+    addr = ipaddress.ip_address(ip)
+    mapped = getattr(addr, "ipv4_mapped", None)
+    return (mapped or addr).is_loopback
+
+
+def process_tree(root: int) -> list[int]:
+    """root and its descendants, from /proc/<pid>/stat's parent pids."""
+    parents = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+    tree, frontier = [root], [root]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        tree += frontier
+    return tree
+
+
+def listening(pids: list[int]) -> list[dict]:
+    """TCP sockets in LISTEN state owned by ``pids``: [{"pid", "ip", "port"}]."""
+    owner = {}
+    for pid in pids:
+        try:
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                link = os.readlink(f"/proc/{pid}/fd/{fd}")
+                if link.startswith("socket:["):
+                    owner[link[8:-1]] = pid
+        except OSError:  # a process that ended meanwhile
+            continue
+    found = []
+    for table, v6 in (("/proc/net/tcp", False), ("/proc/net/tcp6", True)):
+        if not Path(table).exists():
+            continue
+        for row in Path(table).read_text().splitlines()[1:]:
+            cols = row.split()
+            if cols[3] != "0A" or cols[9] not in owner:  # 0A: LISTEN
+                continue
+            hex_ip, hex_port = cols[1].split(":")
+            raw = bytes.fromhex(hex_ip)
+            if v6:  # four little-endian 32-bit words
+                raw = b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4))
+                ip = str(ipaddress.IPv6Address(raw))
+            else:
+                ip = str(ipaddress.IPv4Address(raw[::-1]))
+            found.append({"pid": owner[cols[9]], "ip": ip, "port": int(hex_port, 16)})
+    return found
