@@ -76,18 +76,19 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     if resume is not None:
         c = ckpt.Checkpoint(resume)
         fit_weights(model, c.tensors("model.safetensors"), c.url)
+        if objective.state_dict():  # the objective's state (theta^-) resumes with the run, before any sharding
+            objective.load_state_dict(c.tensors(ckpt.OBJECTIVE))
         start, data_state = c.step, c.state().get("data")
 
     # the objective trains through the (DDP-wrapped or FSDP-sharded) backbone; EMA and
     # checkpoints read the plain model.denoiser, which shares its parameters
     wrapped = ctx.wrap(model.denoiser.backbone)
+    parallel.shard_target(objective, wrapped)  # theta^- sharded like the student under FSDP
     trained = Denoiser(wrapped, model.process, model.denoiser.parameterization)
     optimizer = build_optimizer(model.denoiser.parameters(), tr.optimizer)
     ema = Ema(model.denoiser, tr.ema.decay, tr.ema.warmup)
     if resume is not None:
         ema.load_state_dict(c.tensors("ema.safetensors"))
-        if objective.state_dict():  # the objective's state (theta^-) resumes with the run
-            objective.load_state_dict(c.tensors(ckpt.OBJECTIVE))
         optimizer.load_state_dict(c.optimizer_state())
         parallel.place_optimizer_state(optimizer)
         ctx.event({"event": "resumed", "step": start, "from": resume})
