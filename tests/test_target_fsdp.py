@@ -34,6 +34,15 @@ def test_the_target_is_sharded_like_the_student_and_updates_per_shard(tmp_path):
         parallel.shard_target(obj, wrapped)
         for p_t, p_s in zip(obj.target.net.parameters(), model.denoiser.parameters()):
             assert type(p_t).__name__ == "DTensor" and p_t.placements == p_s.placements
+        from components.denoisers import Denoiser
+        from components.random import RandomSource
+
+        trained = Denoiser(wrapped, model.process, model.denoiser.parameterization)
+        x0 = torch.rand(2, 1, 16, 16) * 2 - 1
+        loss, _ = obj.loss(trained, {"x0": x0}, RandomSource.from_seed(0, 2), 3)  # a target forward, then backward
+        loss.backward()
+        for p_t, p_s in zip(obj.target.net.parameters(), model.denoiser.parameters()):
+            assert type(p_t).__name__ == "DTensor", "the target is resharded after its forward"
         with torch.no_grad():
             for p in model.denoiser.parameters():
                 p.add_(1.0)

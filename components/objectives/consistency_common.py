@@ -96,7 +96,11 @@ class TargetNetwork(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: object = None):
         if self.net is None:
             raise RuntimeError("the consistency objective has no target network: the loop must call attach(student)")
-        return self.net(x, t, cond)
+        out = self.net(x, t, cond)
+        reshard = getattr(self.net.backbone, "reshard", None)
+        if reshard is not None:  # FSDP2 keeps a root unsharded after forward (for a backward that never comes)
+            reshard()
+        return out
 
     @torch.no_grad()
     def update(self, student: Denoiser, mu: float) -> None:
