@@ -76,8 +76,11 @@ def reduced(name: str) -> dict:
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_entry_builds_and_trains_a_step(name):
+def test_entry_builds_and_trains_a_step(name, request):
     run = zoo.get(name)
+    if getattr(getattr(run.train.objective, "distance", None), "kind", None) == "lpips":  # weights by path: tiny random ones
+        w = request.getfixturevalue("lpips_weights")(run.train.objective.distance.net)
+        run = zoo.get(name, **{"distance.weights": w["weights"], "distance.backbone": w["backbone"], "distance.resize": 32})
     torch.manual_seed(0)
     if paper_scale(run):
         with torch.device("meta"):
@@ -94,7 +97,13 @@ def test_entry_builds_and_trains_a_step(name):
     captions = ["a handwritten digit one", "the number two"]
     cond = model.conditioner({"label": batch["label"], "caption": captions}, rng)
     pairs = torch.randn_like(x0)  # the "noise" column of reflow pairs (ignored by other objectives)
-    loss, _ = run.train.objective.build().loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
+    objective = run.train.objective.build()
+    if hasattr(objective, "attach"):  # distillation: an untrained teacher of the named entry, reduced alike
+        teacher = getattr(run.train.objective, "teacher", None)
+        shrink = reduced(teacher) if teacher and paper_scale(zoo.get(name)) else {}
+        teacher = zoo.build(zoo.get(teacher, **shrink)).denoiser if teacher else None
+        objective.attach(model.denoiser, teacher, run.train.steps)
+    loss, _ = objective.loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.denoiser.parameters() if p.requires_grad]

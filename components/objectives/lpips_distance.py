@@ -32,8 +32,8 @@ from components.spec import Spec
 class LpipsSpec(Spec):
     kind: Literal["lpips"] = "lpips"
     net: Literal["vgg", "alex"] = Field("vgg", description="the trunk (CM: VGG16)")
-    weights: str = Field(..., description="the linear layers, .safetensors (lpips' v0.1 <net>.pth converted)")
-    backbone: str = Field(..., description="the trunk's weights, .safetensors (torchvision's vgg16 / alexnet)")
+    weights: str | None = Field(None, description="the linear layers, .safetensors (lpips' v0.1 <net>.pth converted)")
+    backbone: str | None = Field(None, description="the trunk's weights, .safetensors (torchvision's vgg16 / alexnet)")
     resize: int | None = Field(224, ge=16, description="upsample images smaller than 256 to this size (CM: 224)")
 
     def build(self) -> Lpips:
@@ -68,6 +68,10 @@ class Lpips(nn.Module):
         import lpips
 
         self.spec = spec
+        for field in ("weights", "backbone"):
+            if getattr(spec, field) is None:
+                raise ValueError(f"lpips.{field} is not set: LPIPS weights are never downloaded; give "
+                                 f"distance.weights=<lin .safetensors> and distance.backbone=<{spec.net} .safetensors>")
         with warnings.catch_warnings():  # torchvision's deprecation of pretrained=False
             warnings.simplefilter("ignore")
             self.net = lpips.LPIPS(pretrained=False, pnet_rand=True, net=spec.net, verbose=False)
