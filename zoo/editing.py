@@ -15,18 +15,19 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
 from components.denoisers import bind
 from components.editing import Colorize, Inpaint, SuperRes, edit
+from components.grids import GRIDS
 from components.random import RandomSource
+from components.solvers import SOLVERS
 from components.solvers.base import at
 
-if TYPE_CHECKING:
-    from zoo.model import Model
+Model = Any  # zoo.model.Model, which calls this module (no import back: the layers test forbids the cycle)
 
 Task = Literal["inpaint", "colorize", "superres"]
 TASKS = ("inpaint", "colorize", "superres")
@@ -81,8 +82,6 @@ def edit_images(
     guidance: float | None = None,
     factor: int = 2,
 ) -> Tensor:
-    from zoo.model import _GRIDS, _SOLVERS, _component, _to
-
     if model.spec.autoencoder.kind != "identity":
         raise ValueError(f"edit works in pixel space; {model.name} diffuses in its {model.spec.autoencoder.kind} latent")
     images = torch.as_tensor(images).to(model.device, torch.float32)
@@ -97,8 +96,8 @@ def edit_images(
         raise ValueError("images must be in [0, 1]")
 
     cfg = model.spec.sampling
-    solver_spec = _component(_SOLVERS, solver, "solver") if solver is not None else cfg.solver
-    grid_spec = (_component(_GRIDS, grid, "grid") if grid is not None else cfg.grid).build()
+    solver_spec = SOLVERS.parse(solver) if solver is not None else cfg.solver
+    grid_spec = (GRIDS.parse(grid) if grid is not None else cfg.grid).build()
     n = images.shape[0]
     rng = RandomSource.from_seeds([(int(seed), n)] if isinstance(seed, numbers.Integral) else [(int(s), 1) for s in seed],
                                   model.device)
@@ -107,6 +106,8 @@ def edit_images(
     w = cfg.guidance if guidance is None else guidance
     cond = _to(model.conditioner.request(n, labels=labels, prompt=prompt), model.device)
     null = _to(model.conditioner.null(n), model.device) if w else None
+    if w and not model.conditioner.guidable:
+        raise ValueError(f"guidance={w} needs a conditional model; {model.name} is unconditional")
     fn = bind(model.denoiser, cond, null, w, cfg.clip_x0)
 
     ts = grid_spec(model.process, cfg.steps if steps is None else steps)
@@ -135,3 +136,7 @@ def edit_images(
     finally:
         model.train(was_training)
     return replace(images, model.decode(x0))  # the last replacement, in [0, 1]
+
+
+def _to(cond: dict[str, Tensor] | None, device: torch.device) -> dict[str, Tensor] | None:
+    return None if cond is None else {k: v.to(device) for k, v in cond.items()}
