@@ -2,7 +2,8 @@
 
 Trains the small digits variant of every family the catalog holds at run time (every entry whose
 data is ``builtin:digits``, and those trained on reflow pairs of one of them: ddpm/edm/rf/2-rf/
-fm-digits today; cd/ict/pd-digits and lcm-tiny as they join) with the catalog's fixed seeds on the
+fm-digits, cd/ict/pd-digits (the distilled ones from their trained teachers, zoo.distill); lcm-tiny
+as it joins) with the catalog's fixed seeds on the
 CPU, then samples each with every solver its process runs at each NFE budget and prints method x
 NFE -> digits feature-FID (the digits classifier's 64-d features, against the 360 held-out
 digits), plus the accuracy of label-sampled class-conditional models. Writes eval.csv/json/txt,
@@ -38,10 +39,21 @@ from zoo.metrics.frechet import frechet_distance, gaussian_stats  # noqa: E402
 from zoo.metrics.reference import reference  # noqa: E402
 
 
+def teacher_of(name: str) -> str | None:
+    """The catalog entry a distilled entry names as its teacher (cd-digits: edm-digits)."""
+    return getattr(zoo.get(name).train.objective, "teacher", None)
+
+
 def digits_entries(pattern: str) -> list[str]:
     """Entries trained on the shipped digits, and those trained on pairs made by one of them
-    (2-rf-digits: reflow of rf-digits), each after its source."""
+    (2-rf-digits: reflow of rf-digits), each after its source; distilled entries (cd-, pd-digits)
+    after their teachers, which are trained even when the pattern leaves them out."""
     names = [n for n in zoo.list(pattern) if zoo.get(n).train.data == "builtin:digits"]
+    for n in list(names):
+        t = teacher_of(n)
+        if t and t not in names and t in zoo.list():
+            names.insert(0, t)
+    names.sort(key=lambda n: teacher_of(n) in names)  # stable: teachers first
     for n in zoo.list(pattern):
         source = getattr(zoo.get(n).train.objective, "pairs_from", None)
         if zoo.get(n).train.data is None and source in names:
@@ -86,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="Ray workers for sampling")
     p.add_argument("--output", default="runs/quality_digits", help="where runs and the report go")
     p.add_argument("--retrain", action="store_true", help="train afresh even if a run exists")
+    p.add_argument("--pd-rounds", type=int, default=2, help="chained progressive-distillation rounds (pd entries)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()
@@ -102,6 +115,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if zoo.get(name).train.data is None and source in runs:
                 runs[name] = reflow_or_reuse(name, runs[source], args.output, args.retrain)
+            elif teacher_of(name) in runs:  # distilled (cd, pd): from the trained teacher's run
+                rounds = args.pd_rounds if zoo.get(name).train.objective.kind == "pd" else 1
+                runs[name] = zoo.distill(runs[teacher_of(name)].dir, into=name, rounds=rounds, output=args.output,
+                                         resume=not args.retrain, progress=False, device="cpu")
             else:
                 runs[name] = train_or_reuse(name, args.output, args.retrain)
         except zoo.ZooError as e:  # e.g. a distilled entry whose teacher is not there

@@ -19,6 +19,14 @@ def trained_digits(tmp_path_factory, ray_cluster) -> zoo.Run:
     return zoo.train("ddpm-digits", output=str(out), progress=False)
 
 
+@pytest.fixture(scope="session")
+def trained_edm_digits(tmp_path_factory, ray_cluster) -> zoo.Run:
+    """edm-digits exactly as the catalog has it, once per session: the teacher of cd-digits and
+    the reference of ict-digits (tests/test_consistency_quality.py)."""
+    out = tmp_path_factory.mktemp("runs")
+    return zoo.train("edm-digits", output=str(out), progress=False)
+
+
 def tiny_overrides(**extra) -> dict:
     """A ddpm-digits small enough to train a few steps in a second, for plumbing tests. It runs
     in the test process (workers=0: Ray Train's local mode); tests of the distributed path

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import zoo
 from components.denoisers import DENOISERS, ConsistencySpec, bind
 from components.denoisers.base import Denoiser
 from components.noise import EdmProcessSpec, RectifiedSpec, VpLinearSpec
@@ -89,3 +90,29 @@ def test_multistep_sampling_equals_diffusers(timesteps):
 def test_times_must_decrease():
     with pytest.raises(ValueError, match="strictly decreasing"):
         ConsistencySamplerSpec(times=[1.0, 2.0])
+
+
+CONSISTENCY_ENTRIES = [n for n in zoo.list() if zoo.get(n).model.denoiser.kind == "consistency"]
+
+
+def test_the_catalog_has_consistency_entries():
+    assert {"cd-digits", "ict-digits", "cd-edm-cifar", "ict-cifar"} <= set(CONSISTENCY_ENTRIES)
+
+
+@pytest.mark.parametrize("name", CONSISTENCY_ENTRIES)
+def test_boundary_condition_holds_exactly_for_every_consistency_entry(name):
+    """f(x, eps) = x~ bit for bit on every catalog consistency model, with random weights (in
+    training mode, dropout on: c_out(eps) = 0 removes the network whatever it outputs). Widths
+    are reduced to 32 channels: the boundary is the parameterization's, not the width's."""
+    run = zoo.get(name)
+    small = {"backbone.channels": 32} if run.model.backbone.kind == "unet" else {}
+    torch.manual_seed(0)
+    model = zoo.build(zoo.get(name, **small)).train()
+    p = model.process
+    c, size, _ = model.latent_shape
+    x = 3 * torch.randn(3, c, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        f = model.denoiser(x, torch.full((3,), p.t_min), None).x0
+        a = float(p.alpha(torch.tensor(p.t_min, dtype=torch.float32).double()))
+        assert torch.equal(f, x) if a == 1.0 else torch.allclose(f, x / a, rtol=1e-6, atol=1e-6)
+        assert (model.denoiser(x, torch.full((3,), 0.5 * p.t_max), None).x0 - x).abs().max() > 1e-2

@@ -3,6 +3,7 @@
     import zoo
     zoo.list("ddpm-*")
     run = zoo.train("ddpm-digits")                 # minutes on a CPU, on the shipped digits
+    fast = zoo.distill(run.dir, into="pd", rounds=2)  # a 4-step student (cd, ict: consistency models)
     model = zoo.load(run.checkpoint)
     images = model.sample(16, steps=50, solver="ddim", seed=0)
     zoo.save_grid(images, "grid.png")
@@ -29,6 +30,8 @@ def __getattr__(name: str):
     every layer."""
     if name == "train":
         from jobs.train import train as found
+    elif name == "distill":
+        from jobs.distill import distill as found
     elif name == "reflow":
         from jobs.reflow import reflow as found
     elif name == "write_pairs":
@@ -47,6 +50,6 @@ def __getattr__(name: str):
 __all__ = [
     "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run",
     "RunSpec", "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "client", "describe",
-    "evaluate", "flow_pairs", "get", "list", "load", "reflow", "save_grid", "serve", "submit", "train",
+    "distill", "evaluate", "flow_pairs", "get", "list", "load", "reflow", "save_grid", "serve", "submit", "train",
     "write_pairs",
 ]

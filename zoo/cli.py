@@ -5,6 +5,7 @@
     zoo train NAME [KEY=VALUE ...] [--data URL] [--output URL] [--resume [RUN]]
     zoo sample CHECKPOINT --n 64 --steps 50 --solver ddim --grid uniform --out grid.png
     zoo reflow RUN [KEY=VALUE ...] [--into NAME] [--pairs N] [--solver rk45] [--sample-steps S] [--distill K]
+    zoo distill TEACHER [KEY=VALUE ...] --into cd|ict|pd [--rounds R] [--weights URL]   (zoo/cli_distill.py)
     zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (zoo/cli_serve.py)
     zoo eval RUN --metric digits_fid --nfe 1,2,4,8 --solver ddim --solver ddpm   (zoo.evaluation.cli)
     zoo stats DATA --inception pt_inception.pth
@@ -114,6 +115,9 @@ app.command()(reflow)
 from zoo.cli_edit import edit as _edit  # noqa: E402
 
 app.command("edit")(_edit)
+from zoo.cli_distill import distill  # noqa: E402
+
+app.command()(distill)
 
 if __name__ == "__main__":
     app()

@@ -26,6 +26,7 @@ class Run:
     grid: str | None = None
     metrics: list[dict[str, Any]] = field(default_factory=list)
     bad_samples: dict[str, Any] | None = None
+    rounds: list[Run] = field(default_factory=list)  # a chained distillation's earlier rounds, first to last
 
     def __repr__(self) -> str:
         return f"Run({self.spec.name!r}, dir={self.dir!r}, checkpoint={self.checkpoint!r}, grid={self.grid!r})"

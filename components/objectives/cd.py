@@ -10,11 +10,14 @@ sample is x_t = alpha x0 + sigma z). Phi is any solver with a deterministic one-
 (``teacher_solver``: heun as CM's best, euler, ddim). The teacher, a frozen trained Model, is
 resolved by the training loop and handed over with ``attach``; the target network theta^- is this
 objective's state (in its state_dict, so in every checkpoint). lambda = 1 (CM's choice).
+``init_from_teacher`` starts the student (and so theta^-) from the teacher's weights, as CM's
+experiments do (its appendix C: the consistency model is initialised with the teacher EDM); the
+architectures must match.
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, field_validator
@@ -22,7 +25,13 @@ from torch import Tensor
 
 from components.denoisers.base import Denoiser, bind
 from components.objectives.base import Objective
-from components.objectives.consistency_common import DistanceSpec, TargetNetwork, build_distance, karras_levels
+from components.objectives.consistency_common import (
+    DistanceSpec,
+    TargetNetwork,
+    build_distance,
+    karras_levels,
+    load_teacher_weights,
+)
 from components.random import RandomSource
 from components.solvers import SOLVERS
 from components.spec import Spec
@@ -38,6 +47,8 @@ class CdSpec(Spec):
     mu: float = Field(0.95, ge=0, lt=1, description="EMA rate of the target network (CM: 0.95 on CIFAR-10)")
     distance: DistanceSpec = Field("l2", description="d: l2, l1, pseudo_huber, or {kind: lpips, ...} (CM: LPIPS)")
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
+    init_from_teacher: bool = Field(False, description="start the student from the teacher's weights (CM appendix C)")
+    distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
 
     @field_validator("teacher_solver")
     @classmethod
@@ -66,6 +77,8 @@ class Cd(Objective):
         if teacher is None:
             raise ValueError("cd needs a teacher: set objective.teacher to a run, checkpoint or catalog name")
         self._teacher = [teacher.requires_grad_(False).eval()]
+        if self.spec.init_from_teacher:  # before theta^- is copied, so the target starts there too
+            load_teacher_weights(student, teacher, "cd")
         self.target.attach(student)
         self.total_steps = total_steps
 

@@ -111,5 +111,18 @@ class TargetNetwork(nn.Module):
             b_t.copy_(b_s)
 
 
+def load_teacher_weights(student: nn.Module, teacher: nn.Module, kind: str) -> None:
+    """Start the student from the teacher's weights (CD's initialisation, PD's every round); the
+    two must share the architecture, else the error names both shapes."""
+    target = _unwrap(student)
+    theirs = teacher.state_dict()
+    mine = target.state_dict()
+    if mine.keys() != theirs.keys() or any(mine[k].shape != theirs[k].shape for k in mine):
+        bad = sorted(set(mine) ^ set(theirs)) or [k for k in mine if mine[k].shape != theirs[k].shape]
+        raise ValueError(f"{kind}: the student cannot start from the teacher's weights: the architectures "
+                         f"differ (first differing tensor: {bad[0]!r}); make model.backbone equal the teacher's")
+    target.load_state_dict(theirs)
+
+
 def _unwrap(m: nn.Module) -> nn.Module:
     return getattr(m, "module", m)

@@ -21,7 +21,7 @@ the training loop through ``attach``.
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -48,6 +48,7 @@ class CtSpec(Spec):
     rho: float = Field(7.0, gt=0)
     distance: DistanceSpec = Field("l2", description="d: l2, l1, pseudo_huber, or {kind: lpips, ...} (CM: LPIPS)")
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
+    distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
 
     @model_validator(mode="after")
     def _order(self) -> CtSpec:

@@ -17,7 +17,7 @@ total steps, handed over by the training loop through ``attach``. The objective 
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -39,6 +39,7 @@ class IctSpec(Spec):
     rho: float = Field(7.0, gt=0)
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
     distance: DistanceSpec = Field("pseudo_huber", description="d: iCT's pseudo_huber, or l2, l1, {kind: lpips, ...}")
+    distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
 
     def build(self) -> Ict:
         return Ict(self)

@@ -12,12 +12,12 @@ x~ is the x-prediction for which one DDIM step of the student from z_t lands exa
 teacher's z_t''. ``steps`` is N, the student's step count after this round (the teacher's is
 2N). The loop attaches the frozen teacher; ``attach`` also starts the student from the teacher's
 weights (a resume then restores the student's own). Chaining rounds (N, N/2, ...) is one run per
-round: not done by one call yet.
+round; ``zoo.distill(teacher, into="pd", rounds=R)`` chains them (jobs/distill.py).
 """
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field
@@ -26,6 +26,7 @@ from torch import Tensor
 from components.denoisers.base import Denoiser, bind
 from components.grids.uniform import Uniform
 from components.objectives.base import Objective
+from components.objectives.consistency_common import load_teacher_weights
 from components.random import RandomSource
 from components.solvers.base import row_alpha_sigma
 from components.solvers.ddim import Ddim
@@ -38,6 +39,7 @@ class PdSpec(Spec):
     teacher: str | None = Field(None, description="the model reference the loop resolves into the frozen teacher")
     teacher_weights: str | None = Field(None, description="weights for a catalog-name teacher (never downloaded)")
     steps: int = Field(..., ge=1, description="N, the student's sampling steps after this round (teacher: 2N)")
+    distills_into: ClassVar[str] = "teacher"  # the student keeps the teacher's parameterization (zoo.distill)
 
     def build(self) -> Pd:
         return Pd(self)
@@ -59,7 +61,7 @@ class Pd(Objective):
         if teacher is None:
             raise ValueError("pd needs a teacher: set objective.teacher to a run, checkpoint or catalog name")
         self._teacher = [teacher.requires_grad_(False).eval()]
-        getattr(student, "module", student).load_state_dict(teacher.state_dict())  # the student starts as the teacher
+        load_teacher_weights(student, teacher, "pd")  # the student starts as the teacher
 
     def loss(
         self, denoiser: Denoiser, batch: dict[str, Any], rng: RandomSource, step: int

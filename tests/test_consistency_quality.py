@@ -1,0 +1,88 @@
+"""Few-step students beat their teachers at equal NFE on real data (issue 12), at CPU scale on the
+shipped digits: digits-FID (the digits classifier's features) against the held-out digits, n =
+N samples at seeds 0..N-1 for every cell; a teacher's number is its best solver at that NFE.
+
+    cd-digits  (CD of edm-digits):   1 step  <  edm-digits at 4 NFE;   2 steps <= 1.5 x edm-digits at 16 NFE
+    ict-digits (iCT from scratch):   2 steps <= 2 x edm-digits at 16 NFE
+    pd-digits  (PD of ddpm-digits):  4 steps <= 1.5 x ddpm-digits at 64 NFE (PD_ROUNDS chained rounds)
+
+The teachers are the session's trained ddpm-digits / edm-digits (tests/conftest.py); each student
+is trained once per module. The training times (under whatever load the machine has) are in the
+messages."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+import zoo
+
+pytestmark = pytest.mark.slow
+N = 400  # samples per cell (the held-out split has 360 digits)
+PD_ROUNDS = 2  # 16 -> 8 -> 4 steps
+
+
+def best_fid(ref, nfe: int, solvers="all") -> tuple[float, str]:
+    """(lowest digits-FID over ``solvers`` at this NFE budget, the solver that reached it)."""
+    ev = zoo.evaluate(ref, metric="digits_fid", nfe=[nfe], solvers=solvers, n=N, seed=0, ref="builtin:digits",
+                      progress=False, out=None)
+    cells = [(r["digits_fid"], r["solver"]) for r in ev.records if r.get("digits_fid") is not None]
+    assert cells, f"no solver of {ref} runs at {nfe} NFE"
+    return min(cells)
+
+
+def timed(fn):
+    t = time.perf_counter()
+    run = fn()
+    return run, time.perf_counter() - t
+
+
+@pytest.fixture(scope="module")
+def cd_digits(trained_edm_digits, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("cd"))
+    return timed(lambda: zoo.distill(trained_edm_digits.dir, into="cd", output=out, progress=False))
+
+
+@pytest.fixture(scope="module")
+def pd_digits(trained_digits, tmp_path_factory):
+    out = str(tmp_path_factory.mktemp("pd"))
+    return timed(lambda: zoo.distill(trained_digits.dir, into="pd", rounds=PD_ROUNDS, output=out, progress=False))
+
+
+@pytest.fixture(scope="module")
+def edm_teacher(trained_edm_digits):
+    return {nfe: best_fid(trained_edm_digits.checkpoint, nfe) for nfe in (4, 16)}
+
+
+def test_cd_digits_in_one_step_beats_its_teacher_at_4_nfe_and_two_steps_near_16(cd_digits, edm_teacher):
+    run, seconds = cd_digits
+    one, two = best_fid(run.checkpoint, 1, None)[0], best_fid(run.checkpoint, 2, None)[0]
+    (t4, s4), (t16, s16) = edm_teacher[4], edm_teacher[16]
+    msg = (f"digits-FID (n={N}): cd-digits 1 step {one:.2f}, 2 steps {two:.2f}; edm-digits best at 4 NFE "
+           f"{t4:.2f} ({s4}), at 16 NFE {t16:.2f} ({s16}); CD trained {run.spec.train.steps} steps in {seconds:.0f} s")
+    print(msg)
+    assert one < t4, msg
+    assert two <= 1.5 * t16, msg
+
+
+def test_ict_digits_from_scratch_in_two_steps_is_within_2x_of_edm_at_16_nfe(edm_teacher, tmp_path):
+    run, seconds = timed(lambda: zoo.train("ict-digits", output=str(tmp_path), progress=False))
+    two = best_fid(run.checkpoint, 2, None)[0]
+    t16, s16 = edm_teacher[16]
+    msg = (f"digits-FID (n={N}): ict-digits 2 steps {two:.2f}, 1 step {best_fid(run.checkpoint, 1, None)[0]:.2f}; "
+           f"edm-digits best at 16 NFE {t16:.2f} ({s16}); iCT trained {run.spec.train.steps} steps in {seconds:.0f} s")
+    print(msg)
+    assert two <= 2 * t16, msg
+
+
+def test_pd_digits_in_4_steps_is_within_1p5x_of_its_teacher_at_64(pd_digits, trained_digits):
+    run, seconds = pd_digits
+    four = best_fid(run.checkpoint, 4, None)[0]
+    t64, s64 = best_fid(trained_digits.checkpoint, 64)
+    rounds = [*run.rounds, run]
+    msg = (f"digits-FID (n={N}): pd-digits 4 steps {four:.2f} ({len(rounds)} rounds: "
+           f"{' -> '.join(str(2 * r.spec.train.objective.steps) for r in rounds)} -> 4 steps, "
+           f"{run.spec.train.steps} steps each, {seconds:.0f} s in all); ddpm-digits best at 64 NFE {t64:.2f} ({s64})")
+    print(msg)
+    assert four <= 1.5 * t64, msg
