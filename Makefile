@@ -5,7 +5,7 @@ PY      ?= python3
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
-EXTRAS  := ray,s3,hf,dev
+EXTRAS  := ray,s3,hf,lpips,dev
 
 # The web page test drives Debian's chromium through its chromedriver (never a downloaded browser).
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)

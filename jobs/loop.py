@@ -88,10 +88,13 @@ class Trainer:
         c = ckpt.Checkpoint(resume) if resume is not None else None
         if c is not None:  # weights before wrapping: FSDP shards what it wraps
             fit_weights(self.model, c.tensors("model.safetensors"), c.url)
+            if self.objective.state_dict():  # theta^- resumes with the run, before any sharding
+                self.objective.load_state_dict(c.tensors(ckpt.OBJECTIVE))
 
         # the objective trains through the (DDP-wrapped or FSDP-sharded) backbone; EMA and
         # checkpoints read the plain model.denoiser, which shares its parameters
         self.wrapped = ctx.wrap(self.model.denoiser.backbone)
+        parallel.shard_target(self.objective, self.wrapped)  # theta^- sharded like the student under FSDP
         self.trained = Denoiser(self.wrapped, self.model.process, self.model.denoiser.parameterization)
         self.optimizer = build_optimizer(self.model.denoiser.parameters(), tr.optimizer)
         self.ema = Ema(self.model.denoiser, tr.ema.decay, tr.ema.warmup)
@@ -117,11 +120,9 @@ class Trainer:
 
     # -- resume and checkpoint -------------------------------------------------------------------
     def resume(self, c: ckpt.Checkpoint) -> tuple[int, dict | None]:
-        """The EMA, the objective's state (theta^-) and the optimizer from checkpoint ``c`` (its
-        weights are already loaded); returns (step, data position)."""
+        """The EMA and the optimizer from checkpoint ``c`` (its weights and the objective's state
+        theta^- are already loaded, before wrapping); returns (step, data position)."""
         self.ema.load_state_dict(c.tensors("ema.safetensors"))
-        if self.objective.state_dict():
-            self.objective.load_state_dict(c.tensors(ckpt.OBJECTIVE))
         self.optimizer.load_state_dict(c.optimizer_state())
         parallel.place_optimizer_state(self.optimizer)
         self.ctx.event({"event": "resumed", "step": c.step, "from": c.url})

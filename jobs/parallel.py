@@ -33,6 +33,16 @@ def shard(module: nn.Module) -> nn.Module:
     return module
 
 
+def shard_target(objective: nn.Module, wrapped: nn.Module) -> None:
+    """Under FSDP, shard an objective's target network theta^- (CD / CT) as the student's backbone
+    is sharded, so its EMA update is local to each rank's shard and its checkpoint is gathered
+    like the weights. Called after the objective's state is restored (full tensors load into an
+    unsharded copy), right after the student is sharded."""
+    net = getattr(getattr(objective, "target", None), "net", None)
+    if net is not None and hasattr(wrapped, "set_requires_gradient_sync"):  # an FSDP2 module
+        shard(net.backbone)
+
+
 def no_sync(module: nn.Module, enabled: bool):
     """Skip the gradient all-reduce for this backward (all but the last micro-batch)."""
     if not enabled:

@@ -148,3 +148,37 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def lpips_weights(tmp_path_factory):
+    """Random LPIPS weights written as the files a user gives (nothing is downloaded): for a trunk
+    ("vgg" / "alex"), {"weights": linear layers, "backbone": torchvision-layout trunk, "net": the
+    lpips.LPIPS module they came from}, as .safetensors."""
+    lpips = pytest.importorskip("lpips")
+    import re
+    import warnings
+
+    from safetensors.torch import save_file
+
+    made: dict[str, dict] = {}
+
+    def make(net: str = "alex") -> dict:
+        if net not in made:
+            folder = tmp_path_factory.mktemp(f"lpips-{net}")
+            with torch.random.fork_rng(), warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                torch.manual_seed(0)
+                module = lpips.LPIPS(pretrained=False, pnet_rand=True, net=net, verbose=False)
+                for lin in module.lins:  # LPIPS' learned weights are non-negative
+                    lin.model[-1].weight.data.abs_()
+            sd = module.state_dict()
+            trunk = {re.sub(r"^net\.slice\d+\.", "features.", k): v.contiguous() for k, v in sd.items() if k.startswith("net.")}
+            lins = {k: v.contiguous() for k, v in sd.items() if k.startswith("lin") and not k.startswith("lins.")}
+            paths = {"weights": str(folder / f"{net}_lin.safetensors"), "backbone": str(folder / f"{net}.safetensors")}
+            save_file(lins, paths["weights"])
+            save_file(trunk, paths["backbone"])
+            made[net] = {**paths, "net": module}
+        return made[net]
+
+    return make

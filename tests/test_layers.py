@@ -12,7 +12,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("components", "zoo", "jobs", "serve")
 # the facade: the one package face that imports every layer, and the command lines built on it
-FACADE = {"zoo", "zoo.cli", "zoo.cli_args", "zoo.cli_reflow", "zoo.cli_distill", "zoo.evaluation.cli", "zoo.cli_jobs", "zoo.cli_serve"}
+FACADE = {"zoo", "zoo.cli", "zoo.cli_args", "zoo.cli_reflow", "zoo.cli_distill", "zoo.evaluation.cli", "zoo.cli_jobs", "zoo.cli_serve",
+          "zoo.cli_edit"}
 LAYER_NAMES = {0: "components", 1: "core", 2: "jobs/serve", 3: "facade"}
 
 

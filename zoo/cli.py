@@ -9,6 +9,7 @@
     zoo serve NAME_OR_CHECKPOINT... [--replicas N|MIN-MAX] [--export serve.yaml]   (zoo/cli_serve.py)
     zoo eval RUN --metric digits_fid --nfe 1,2,4,8 --solver ddim --solver ddpm   (zoo.evaluation.cli)
     zoo stats DATA --inception pt_inception.pth
+    zoo edit RUN --task inpaint|colorize|superres --input IMAGES [--mask bottom|PNG] --out edit.png   (zoo/cli_edit.py)
     zoo data pack|encode ...      zoo submit NAME ... --address http://HOST:8265   (zoo/cli_jobs.py)
 """
 
@@ -116,6 +117,9 @@ _eval_cli.register(app)
 from zoo.cli_reflow import reflow  # noqa: E402
 
 app.command()(reflow)
+from zoo.cli_edit import edit as _edit  # noqa: E402
+
+app.command("edit")(_edit)
 from zoo.cli_distill import distill  # noqa: E402
 
 app.command()(distill)

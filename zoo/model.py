@@ -159,6 +159,16 @@ class Model(nn.Module):
         x0 = self.solve(plan, rng, labels=labels, prompt=prompt, progress=progress)
         return x0 if return_latents else self.decode(x0)
 
+    def edit(self, images: Tensor, task: str, **kw: Any) -> Tensor:
+        """Zero-shot editing (CM Algorithm 4): ``task`` "inpaint" (``mask=``: nonzero where pixels are
+        generated), "colorize" (an RGB model; keeps the luminance) or "superres" (``factor=2``: keeps
+        the block means; low-resolution images are accepted as they are). Images in [0, 1]; options
+        ``steps``, ``solver``, ``grid``, ``solver_steps``, ``seed``, ``labels``, ``prompt``,
+        ``guidance`` as for sampling (see zoo/editing.py)."""
+        from zoo.editing import edit_images
+
+        return edit_images(self, images, task, **kw)
+
 
 @dataclass(frozen=True)
 class SamplingPlan:

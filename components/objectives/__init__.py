@@ -6,6 +6,7 @@ from pydantic import Field
 
 from components.objectives.base import Objective
 from components.objectives.cd import Cd, CdSpec
+from components.objectives.ct import Ct, CtSpec
 from components.objectives.dsm import Dsm, DsmSpec
 from components.objectives.edm import EdmLoss, EdmLossSpec
 from components.objectives.ict import Ict, IctSpec
@@ -16,13 +17,13 @@ from components.objectives.rf_distill import RfDistill, RfDistillSpec
 from components.registry import Registry
 
 ObjectiveSpec = Annotated[
-    Union[DsmSpec, EdmLossSpec, RectifiedFlowSpec, FlowMatchingSpec, RfDistillSpec, CdSpec, IctSpec, PdSpec], Field(discriminator="kind")
+    Union[DsmSpec, EdmLossSpec, RectifiedFlowSpec, FlowMatchingSpec, RfDistillSpec, CdSpec, IctSpec, PdSpec, CtSpec], Field(discriminator="kind")
 ]
 
 OBJECTIVES = Registry(ObjectiveSpec, "objective")
 
 __all__ = [
-    "Cd", "CdSpec", "Ict", "IctSpec", "Pd", "PdSpec",
+    "Cd", "CdSpec", "Ct", "CtSpec", "Ict", "IctSpec", "Pd", "PdSpec",
     "OBJECTIVES",     "Dsm", "DsmSpec", "EdmLoss", "EdmLossSpec", "FlowMatching", "FlowMatchingSpec", "Objective", "ObjectiveSpec",
     "RectifiedFlow", "RectifiedFlowSpec", "RfDistill", "RfDistillSpec",
 ]

@@ -25,7 +25,13 @@ from torch import Tensor
 
 from components.denoisers.base import Denoiser, bind
 from components.objectives.base import Objective
-from components.objectives.consistency_common import TargetNetwork, distance, karras_levels, load_teacher_weights
+from components.objectives.consistency_common import (
+    DistanceSpec,
+    TargetNetwork,
+    build_distance,
+    karras_levels,
+    load_teacher_weights,
+)
 from components.random import RandomSource
 from components.solvers import SOLVERS
 from components.spec import Spec
@@ -39,7 +45,7 @@ class CdSpec(Spec):
     levels: int = Field(18, ge=2, description="N, the Karras levels (CM: 18 on CIFAR-10)")
     rho: float = Field(7.0, gt=0)
     mu: float = Field(0.95, ge=0, lt=1, description="EMA rate of the target network (CM: 0.95 on CIFAR-10)")
-    distance: Literal["l2", "l1", "pseudo_huber", "lpips"] = "l2"
+    distance: DistanceSpec = Field("l2", description="d: l2, l1, pseudo_huber, or {kind: lpips, ...} (CM: LPIPS)")
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
     init_from_teacher: bool = Field(False, description="start the student from the teacher's weights (CM appendix C)")
     distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
@@ -62,6 +68,7 @@ class Cd(Objective):
         self.spec = spec
         self.target = TargetNetwork()
         self.phi = SOLVERS.parse(spec.teacher_solver).build()
+        self._d = [build_distance(spec.distance, spec.huber_c)]  # LPIPS is a fixed metric: not state
         self._teacher: list[Denoiser] = []  # not a submodule: never in the objective's state
         self.total_steps: int | None = None
 
@@ -92,7 +99,7 @@ class Cd(Objective):
             x_hat = self.phi.step(bind(self._teacher[0], cond), process, x_n1, t_n1, t_n, rng)
             target = self.target(x_hat, t_n.float(), cond).x0
         online = denoiser(x_n1, t_n1.float(), cond).x0
-        d = distance(online, target, self.spec.distance, self.spec.huber_c)
+        d = self._d[0](online, target)
         return d.mean(), {"distance": d.mean().detach()}
 
     def after_step(self, denoiser: Denoiser, step: int) -> None:

@@ -7,12 +7,28 @@ from __future__ import annotations
 
 import copy
 import math
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Annotated, Any, Literal, Union
 
 import torch
+from pydantic import BeforeValidator
 from torch import Tensor, nn
 
 from components.denoisers.base import Denoiser
 from components.noise.base import NoiseProcess
+from components.objectives.lpips_distance import LpipsSpec
+
+
+def _no_bare_lpips(v: Any) -> Any:
+    if v == "lpips":
+        raise ValueError("distance 'lpips' needs its weights, given by path (never downloaded): "
+                         "{kind: lpips, net: vgg, weights: lin.safetensors, backbone: vgg16.safetensors}")
+    return v
+
+
+#: d of CD / CT / iCT: a plain distance by name, or LPIPS with its weights
+DistanceSpec = Annotated[Union[Literal["l2", "l1", "pseudo_huber"], LpipsSpec], BeforeValidator(_no_bare_lpips)]
 
 
 def karras_levels(process: NoiseProcess, n: int, rho: float = 7.0) -> Tensor:
@@ -37,7 +53,33 @@ def distance(a: Tensor, b: Tensor, kind: str, c: float | None = None) -> Tensor:
     if kind == "pseudo_huber":
         c = 0.00054 * math.sqrt(diff.shape[1]) if c is None else c
         return (diff.pow(2).sum(1) + c * c).sqrt() - c
-    raise ValueError(f"distance {kind!r}: LPIPS is not available in the zoo yet; use l2, l1 or pseudo_huber")
+    raise ValueError(f"distance {kind!r}: use l2, l1, pseudo_huber or an LpipsSpec")
+
+
+def build_distance(spec: DistanceSpec, huber_c: float | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+    """d(a, b) per row for a distance spec; LPIPS is built once here (its weights read from their
+    paths) and kept out of the objective's state (it is a fixed metric, not trained)."""
+    if isinstance(spec, LpipsSpec):
+        net = spec.build()
+
+        def lpips(a: Tensor, b: Tensor) -> Tensor:
+            return net.to(a.device)(a, b)
+
+        return lpips
+    return lambda a, b: distance(a, b, spec, huber_c)
+
+
+@contextmanager
+def same_dropout(device: torch.device) -> Iterator[None]:
+    """At the end of the block, put the global RNG back as it was on entry, so the next network
+    call (the target's) draws the dropout masks the block's call (the student's) drew, as
+    openai's consistency_losses does."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    yield
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda, device)
 
 
 class TargetNetwork(nn.Module):
@@ -54,7 +96,11 @@ class TargetNetwork(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: object = None):
         if self.net is None:
             raise RuntimeError("the consistency objective has no target network: the loop must call attach(student)")
-        return self.net(x, t, cond)
+        out = self.net(x, t, cond)
+        reshard = getattr(self.net.backbone, "reshard", None)
+        if reshard is not None:  # FSDP2 keeps a root unsharded after forward (for a backward that never comes)
+            reshard()
+        return out
 
     @torch.no_grad()
     def update(self, student: Denoiser, mu: float) -> None:

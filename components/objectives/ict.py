@@ -8,6 +8,7 @@ under stop-gradient, same network, same mode, so no dropout mismatch):
     L = lambda(sigma_i) d(f(x0 + sigma_{i+1} z, sigma_{i+1}), sg f(x0 + sigma_i z, sigma_i)),
     lambda(sigma_i) = 1 / (sigma_{i+1} - sigma_i)                                         (sec. 3.5)
     d = pseudo-Huber, c = 0.00054 sqrt(dim)                                                (sec. 3.3)
+        (``distance`` may also be l2, l1 or LPIPS, as in CM, for comparison)
 
 on any process (levels in EDM's sigma laid on it; x_t = alpha x0 + sigma z). K is the run's
 total steps, handed over by the training loop through ``attach``. The objective has no state.
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from components.denoisers.base import Denoiser
 from components.objectives.base import Objective
-from components.objectives.consistency_common import distance, karras_levels
+from components.objectives.consistency_common import DistanceSpec, build_distance, karras_levels
 from components.random import RandomSource
 from components.spec import Spec
 
@@ -37,6 +38,7 @@ class IctSpec(Spec):
     p_std: float = Field(2.0, gt=0)
     rho: float = Field(7.0, gt=0)
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
+    distance: DistanceSpec = Field("pseudo_huber", description="d: iCT's pseudo_huber, or l2, l1, {kind: lpips, ...}")
     distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
 
     def build(self) -> Ict:
@@ -48,6 +50,7 @@ class Ict(Objective):
         super().__init__()
         self.spec = spec
         self.total_steps: int | None = None
+        self._d = [build_distance(spec.distance, spec.huber_c)]  # LPIPS is a fixed metric: not state
 
     def attach(self, student: Denoiser, teacher: Denoiser | None = None, total_steps: int | None = None) -> None:
         if teacher is not None:
@@ -83,5 +86,5 @@ class Ict(Objective):
             target = denoiser(process.add_noise(x0, z, t_i.to(x0.dtype)), t_i.float(), cond).x0
         online = denoiser(process.add_noise(x0, z, t_i1.to(x0.dtype)), t_i1.float(), cond).x0
         w = (1 / (sigmas[i + 1] - sigmas[i])).float().to(x0.device)
-        d = distance(online, target, "pseudo_huber", self.spec.huber_c)
+        d = self._d[0](online, target)
         return (w * d).mean(), {"distance": d.mean().detach()}
