@@ -13,7 +13,9 @@ from jobs import ray_train
 from jobs.context import MetricsLog
 from zoo import checkpoint as ckpt
 from zoo import plots
-from zoo.errors import DataError
+from zoo.catalog import get as catalog_entry
+from zoo.errors import CheckpointError, DataError
+from zoo.resolve import is_catalog_name
 from zoo.images import save_grid
 from zoo.loading import load
 from zoo.run import Run, absolute_paths, local_absolute, resolve_run, run_directory
@@ -42,6 +44,7 @@ def train(
     """
     run = absolute_paths(resolve_run(model, overrides))
     resume = local_absolute(resume) if isinstance(resume, str) else resume
+    _check_teacher(run)
     if run.train.data is None:
         needs = getattr(run.train.objective, "needs_data", None)  # e.g. reflow pairs
         raise DataError(
@@ -65,3 +68,20 @@ def train(
         images = trained.sample(run.train.grid_samples, seed=run.train.seed, progress=progress)
         result.grid = save_grid(images, posixpath.join(run_dir, "samples.png"))
     return result
+
+
+def _check_teacher(run: RunSpec) -> None:
+    """A distillation run whose teacher is a paper-scale catalog entry without weights fails here,
+    before any cluster starts, saying what to pass (and that data is missing too, if it is)."""
+    obj = run.train.objective
+    teacher = getattr(obj, "teacher", None)
+    if not teacher or getattr(obj, "teacher_weights", None) or not is_catalog_name(teacher):
+        return
+    if catalog_entry(teacher).model.weights is not None:
+        return
+    also = (" It also needs data='<URL of latent shards>' (zoo data encode), e.g. data='s3://bucket/latents/'."
+            if run.train.data is None else "")
+    raise CheckpointError(
+        f"{run.name} distills from the catalog entry {teacher!r}, which has no weights: pass "
+        f"teacher_weights='<{teacher} weights: a diffusers folder or checkpoint, local or s3://>', e.g. "
+        f"zoo.train({run.name!r}, teacher_weights='s3://bucket/{teacher}/', data='s3://bucket/latents/').{also}")

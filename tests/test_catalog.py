@@ -94,7 +94,14 @@ def test_entry_builds_and_trains_a_step(name):
     captions = ["a handwritten digit one", "the number two"]
     cond = model.conditioner({"label": batch["label"], "caption": captions}, rng)
     pairs = torch.randn_like(x0)  # the "noise" column of reflow pairs (ignored by other objectives)
-    loss, _ = run.train.objective.build().loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
+    objective = run.train.objective.build()
+    teacher_name = getattr(run.train.objective, "teacher", None)
+    if teacher_name:  # distillation from a catalog entry: its teacher at the same reduced size
+        teacher = zoo.build(zoo.get(teacher_name, **(reduced(teacher_name) if paper_scale(zoo.get(teacher_name)) else {})))
+        objective.attach(model.denoiser, teacher.denoiser, run.train.steps)
+        if hasattr(objective, "attach_conditioner"):
+            objective.attach_conditioner(model.conditioner)
+    loss, _ = objective.loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.denoiser.parameters() if p.requires_grad]

@@ -5,6 +5,8 @@ diffusers' own classes (a UNet with time_cond_proj_dim), equal to diffusers' pip
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -153,3 +155,50 @@ def test_lcm_folder_loads_from_s3(lcm_folder, s3_server, one_thread):
     a = zoo.load(url).sample(1, steps=4, seed=1, prompt=PROMPT)
     b = zoo.load(lcm_folder).sample(1, steps=4, seed=1, prompt=PROMPT)
     assert torch.equal(a, b)
+
+
+# -- the catalog's LCMs ---------------------------------------------------------------------------
+def test_lcm_sd_768_is_the_exact_cluster_call_and_says_what_is_missing(tmp_path):
+    """zoo.train("lcm-sd-768", teacher_weights=..., data=...) is the GPU-cluster call; without
+    either it fails before any cluster starts, naming what to pass."""
+    import zoo
+
+    run = zoo.get("lcm-sd-768", teacher_weights="s3://bucket/stable-diffusion-2-1/", data="s3://bucket/latents/")
+    obj = run.train.objective
+    assert obj.kind == "lcd" and obj.teacher == "sd-2.1-768" and obj.teacher_weights == "s3://bucket/stable-diffusion-2-1/"
+    assert run.train.data == "s3://bucket/latents/" and obj.skip == 20 and (obj.w_min, obj.w_max) == (3.0, 15.0)
+    assert zoo.get("sd-2.1-768").model.denoiser.kind == "v" and run.model.denoiser.prediction == "v"
+    assert run.model.image.size == 768 and run.model.sampling.solver.kind == "lcm" and run.model.sampling.steps == 4
+    sd = zoo.get("lcm-sd")
+    assert sd.train.objective.teacher == "sd-1.5" and sd.model.image.size == 512 and sd.model.denoiser.prediction == "eps"
+
+    with pytest.raises(zoo.CheckpointError, match=r"teacher_weights=.*It also needs data="):
+        zoo.train("lcm-sd-768", output=str(tmp_path))
+    with pytest.raises(zoo.CheckpointError, match=r"'sd-2.1-768', which has no weights: pass teacher_weights=") as e:
+        zoo.train("lcm-sd-768", data="s3://bucket/latents/", output=str(tmp_path))
+    assert "also needs data" not in str(e.value)
+    with pytest.raises(zoo.DataError, match=r"lcm-sd-768 needs training data: pass data="):
+        zoo.train("lcm-sd-768", teacher_weights="s3://bucket/stable-diffusion-2-1/", output=str(tmp_path))
+
+
+def test_served_lcm_defaults_to_its_own_solver_steps_and_w(lcm_folder, one_thread):
+    """Behind zoo.serve (unit level: the request checks and the replica's batch function), an LCM
+    with no solver/steps/guidance in the request samples with its spec's lcm solver, 4 steps and w
+    as an input: one network row per image, not CFG's two; the images are model.sample's."""
+    import numpy as np
+
+    import zoo
+    from serve.batching import run_batch
+    from serve.limits import ModelRules
+    from serve.options import Limits
+    from serve.schemas import GenerateRequest
+
+    for spec in (zoo.get("lcm-sd").model, zoo.get("lcm-sd-768").model):
+        job = ModelRules.build("lcm", spec, Limits()).check(GenerateRequest(prompt=PROMPT))
+        assert (json.loads(job.solver)["kind"], job.steps, job.guidance) == ("lcm", 4, 7.5)
+    model = zoo.load(lcm_folder)
+    rules = ModelRules.build("tiny-lcm", model.spec, Limits(max_nfe_rows=8))
+    assert rules.info("/v1/models/tiny-lcm/generate").default_steps == 4
+    job = rules.check(GenerateRequest(prompt=PROMPT, n=2, seed=5))  # 2 rows x 4 NFE = 8: within budget without CFG
+    [out] = run_batch(model, [job], max_images=8)
+    np.testing.assert_allclose(out.images, model.sample(2, seed=5, prompt=PROMPT).numpy(), atol=1e-6)
