@@ -179,6 +179,9 @@ def test_lcm_sd_768_is_the_exact_cluster_call_and_says_what_is_missing(tmp_path)
     assert "also needs data" not in str(e.value)
     with pytest.raises(zoo.DataError, match=r"lcm-sd-768 needs training data: pass data="):
         zoo.train("lcm-sd-768", teacher_weights="s3://bucket/stable-diffusion-2-1/", output=str(tmp_path))
+    for name in ("lcm-sd", "lcm-sd-768"):  # sampling a paper-scale LCM needs its trained weights
+        with pytest.raises(zoo.CheckpointError, match=f"{name!r} has no weights: pass weights="):
+            zoo.load(name)
 
 
 def test_served_lcm_defaults_to_its_own_solver_steps_and_w(lcm_folder, one_thread):
