@@ -66,6 +66,9 @@ def test_registered_and_validated():
         LcdSpec(teacher_solver="dpmpp_2m")
     with pytest.raises(ValueError, match="needs a teacher"):
         LcdSpec().build().attach(Denoiser(Toy(True), VpScaledLinearSpec().build(), LcmSpec().build()), None)
+    with pytest.raises(ValueError, match="not the teacher's"):
+        LcdSpec().build().attach(Denoiser(Toy(True), VpScaledLinearSpec(beta_end=0.02).build(), LcmSpec().build()),
+                                 Denoiser(Toy(False), VpScaledLinearSpec().build(), EpsSpec().build()))
     with pytest.raises(ValueError, match="without a teacher"):
         LcfSpec().build().attach(Denoiser(Toy(True), VpScaledLinearSpec().build(), LcmSpec().build()), Toy(False))
 

@@ -109,6 +109,10 @@ class Lcd(Objective):
         if teacher is None:
             raise ValueError("lcd needs a teacher: set objective.teacher (or zoo.train(..., teacher_weights=...)) "
                              "to a run, checkpoint, catalog name or diffusers folder")
+        mine, theirs = getattr(student.process, "spec", None), getattr(teacher.process, "spec", None)
+        if mine != theirs:
+            raise ValueError(f"lcd: the student's process {student.process!r} is not the teacher's {teacher.process!r}; "
+                             "distill on the teacher's chain (set the model's process to the teacher's)")
         self._teacher = [teacher.requires_grad_(False).eval()]
         if self.spec.init_from_teacher:
             inner = getattr(student, "module", student)
