@@ -115,6 +115,8 @@ class Trainer:
         if getattr(spec, "teacher", None):
             teacher = load_teacher(spec.teacher, getattr(spec, "teacher_weights", None), self.device)
         self.objective.attach(self.model.denoiser, teacher.denoiser if teacher is not None else None, self.tr.steps)
+        if hasattr(self.objective, "attach_conditioner"):  # lcd: the null condition of the teacher's guidance
+            self.objective.attach_conditioner(self.model.conditioner)
         self.objective.to(self.device)
         return teacher
 

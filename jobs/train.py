@@ -15,7 +15,9 @@ from jobs.ray_log import url as ray_log_url
 from jobs.context import MetricsLog
 from zoo import checkpoint as ckpt
 from zoo import plots
-from zoo.errors import DataError
+from zoo.catalog import get as catalog_entry
+from zoo.errors import CheckpointError, DataError
+from zoo.resolve import is_catalog_name
 from zoo.images import save_grid
 from zoo.loading import load
 from zoo.run import Run, absolute_paths, local_absolute, resolve_run, run_directory
@@ -47,6 +49,7 @@ def train(
     """
     run = absolute_paths(resolve_run(model, overrides))
     resume = local_absolute(resume) if isinstance(resume, str) else resume
+    _check_teacher(run)
     if run.train.data is None:
         needs = getattr(run.train.objective, "needs_data", None)  # e.g. reflow pairs
         raise DataError(
@@ -73,3 +76,20 @@ def train(
                                 progress=progress and sys.stderr.isatty())  # a bar in a log file repeats its line
         result.grid = save_grid(images, posixpath.join(run_dir, "samples.png"))
     return result
+
+
+def _check_teacher(run: RunSpec) -> None:
+    """A distillation run whose teacher is a paper-scale catalog entry without weights fails here,
+    before any cluster starts, saying what to pass (and that data is missing too, if it is)."""
+    obj = run.train.objective
+    teacher = getattr(obj, "teacher", None)
+    if not teacher or getattr(obj, "teacher_weights", None) or not is_catalog_name(teacher):
+        return
+    if catalog_entry(teacher).model.weights is not None:
+        return
+    also = (" It also needs data='<URL of latent shards>' (zoo data encode), e.g. data='s3://bucket/latents/'."
+            if run.train.data is None else "")
+    raise CheckpointError(
+        f"{run.name} distills from the catalog entry {teacher!r}, which has no weights: pass "
+        f"teacher_weights='<{teacher} weights: a diffusers folder or checkpoint, local or s3://>', e.g. "
+        f"zoo.train({run.name!r}, teacher_weights='s3://bucket/{teacher}/', data='s3://bucket/latents/').{also}")

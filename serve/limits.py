@@ -101,7 +101,8 @@ class ModelRules:
         if steps > lim.max_steps:
             bad("steps", f"steps={steps} exceeds this model's limit max_steps={lim.max_steps}")
         guidance = s.sampling.guidance if req.guidance is None else req.guidance
-        rows = req.n * (2 if guidance else 1)  # guidance runs cond and null as one call of 2n rows
+        # guidance runs cond and null as one call of 2n rows, except where w is a network input (an LCM)
+        rows = req.n * (2 if guidance and not s.guidance_input else 1)
         solver = self._solver(req.solver, bad, rows)
         if solver and steps <= lim.max_steps:
             nfe = _nfe(json.loads(solver), steps)

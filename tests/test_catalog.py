@@ -107,6 +107,8 @@ def test_entry_builds_and_trains_a_step(name, request):
         shrink = reduced(teacher) if teacher and paper_scale(zoo.get(name)) else {}
         teacher = zoo.build(zoo.get(teacher, **shrink)).denoiser if teacher else None
         objective.attach(model.denoiser, teacher, run.train.steps)
+        if hasattr(objective, "attach_conditioner"):
+            objective.attach_conditioner(model.conditioner)
     loss, _ = objective.loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
     loss.backward()
     assert torch.isfinite(loss)

@@ -115,6 +115,8 @@ class Model(nn.Module):
             ts = plan.grid.build()(self.process, plan.steps)
             x = self.process.prior(self.latent_shape, rng).to(device) if x is None else x.to(device)
             cond = _to(self.conditioner.request(n, labels=labels, prompt=prompt), device)
+            if self.spec.guidance_input:  # an LCM: w is an input of the network, one call per step (LCM eq. 8)
+                cond, w = {**(cond or {}), "w": torch.full((n,), float(w), device=device)}, 0.0
             null = _to(self.conditioner.null(n), device) if w else None
             fn = bind(self.denoiser, cond, null, w, self.spec.sampling.clip_x0)
             bar = tqdm(desc=f"sample {self.name}", unit="nfe", disable=not progress, leave=False, mininterval=1.0)
