@@ -30,7 +30,10 @@ from jobs.ema import Ema
 from jobs.teacher import load_teacher
 from zoo import checkpoint as ckpt
 from zoo.errors import NonFiniteLossError
-from zoo.loading import fit_weights, load_weights
+from zoo import lora_file
+from zoo.lora import add_adapter
+from zoo.loading import fit_weights
+from zoo.resolve import base_model
 from zoo.model import Model
 from zoo.specs import RunSpec
 
@@ -64,9 +67,12 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     tr = run.train
     device = ctx.device
     torch.manual_seed(derive_seed(tr.seed, "init"))  # identical initial weights on every rank
-    model = Model(run.model, run.name).to(device)
-    if run.model.weights and ctx.latest_checkpoint() is None:  # fine-tuning (reflow: k-RF from (k-1)-RF)
-        load_weights(model, run.model.weights, ema=True)
+    # fine-tuning starts from model.weights (reflow: k-RF from (k-1)-RF); a LoRA run's checkpoints
+    # hold only its adapters, so its base is read on resume too
+    base = run.model.weights if ctx.latest_checkpoint() is None or tr.lora is not None else None
+    model = base_model(run.model, run.name, base).to(device)
+    if tr.lora is not None:  # before the optimizer: only the adapters train (zoo/lora.py)
+        add_adapter(model, tr.lora, seed=derive_seed(tr.seed, "lora"))
     if tr.grad_checkpointing and hasattr(model.denoiser.backbone, "set_grad_checkpointing"):
         model.denoiser.backbone.set_grad_checkpointing(True)
     objective = tr.objective.build().to(device)
@@ -82,8 +88,8 @@ def train_loop(run: RunSpec, ctx: WorkerContext, progress: bool = True) -> dict[
     # checkpoints read the plain model.denoiser, which shares its parameters
     wrapped = ctx.wrap(model.denoiser.backbone)
     trained = Denoiser(wrapped, model.process, model.denoiser.parameterization)
-    optimizer = build_optimizer(model.denoiser.parameters(), tr.optimizer)
-    ema = Ema(model.denoiser, tr.ema.decay, tr.ema.warmup)
+    optimizer = build_optimizer([p for p in model.denoiser.parameters() if p.requires_grad], tr.optimizer)
+    ema = Ema(model.denoiser, tr.ema.decay, tr.ema.warmup, keys=model.trainable_state_dict().keys())
     if resume is not None:
         ema.load_state_dict(c.tensors("ema.safetensors"))
         if objective.state_dict():  # the objective's state (theta^-) resumes with the run
@@ -213,7 +219,9 @@ def _checkpoint(run: RunSpec, ctx: WorkerContext, model: Model, ema: Ema, optimi
     if ctx.rank != 0:
         ctx.report(metrics)
         return None
+    # a LoRA run's (EMA) adapter also in the layout diffusers' load_lora_weights reads
+    adapter = lora_file.encode(model, averaged) if model.adapter is not None else None
     with tempfile.TemporaryDirectory(prefix="zoo-ckpt-") as tmp:
         ckpt.write(tmp, run.model_dump_json(), weights, averaged, opt_state, step, {"data": data_state},
-                   objective=obj_state)
+                   objective=obj_state, adapter=adapter)
         return ctx.report(metrics, checkpoint_dir=tmp)

@@ -13,7 +13,7 @@ from jobs import ray_train
 from jobs.context import MetricsLog
 from zoo import checkpoint as ckpt
 from zoo import plots
-from zoo.errors import DataError
+from zoo.errors import DataError, SpecError
 from zoo.images import save_grid
 from zoo.loading import load
 from zoo.run import Run, absolute_paths, local_absolute, resolve_run, run_directory
@@ -49,6 +49,9 @@ def train(
             + (f"pass data= {needs}." if needs else "pass data='<URL of shards>' (e.g. s3://bucket/cifar10/). "
                "Only the small *-digits entries ship their data (data='builtin:digits').")
         )
+    if run.train.lora is not None and not run.model.weights:
+        raise SpecError(f"{run.name}: lora= trains adapters on a base model: pass weights='<URL of its weights>' "
+                        "(a .safetensors file, a checkpoint or run folder, or a diffusers folder)")
     data_sources.kind(run.train.data)  # an unknown source fails here, before any cluster starts
     run_dir, resume_from = run_directory(run, resume)
     fs, path = fsspec.core.url_to_fs(run_dir)
