@@ -103,13 +103,17 @@ def attach(model: Any, config: Any) -> Adapter:
 def add_adapter(model: Any, spec: LoraSpec, seed: int) -> Adapter:
     """Adapters of ``spec`` on ``model``'s backbone, initialised from ``seed`` alone, with every
     other weight of the denoiser frozen (requires_grad False): only A and B train."""
+    targets = list(spec.targets(model.spec.backbone))
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        adapter = attach(model, spec.config(model.spec.backbone))
+        try:
+            adapter = attach(model, spec.config(model.spec.backbone))
+        except ValueError as e:  # peft: target modules not found, a layer type it cannot adapt
+            raise ValueError(f"lora.target_modules {targets} on {model.name}'s backbone: {e}") from None
     for name, p in model.denoiser.named_parameters():
         p.requires_grad_(is_adapter_key(name))
     if not any(p.requires_grad for p in model.denoiser.parameters()):
-        raise ValueError(f"lora.target_modules {list(spec.targets(model.spec.backbone))} match no layer of {model.name}'s backbone")
+        raise ValueError(f"lora.target_modules {targets} match no layer of {model.name}'s backbone")
     return adapter
 
 

@@ -178,7 +178,10 @@ def _load_generic(model: Any, tensors: dict[str, Tensor], meta: dict | None, pre
     attach(model, config)
     host = model.adapter.host(model.denoiser)
     state = {k[len(head):]: v for k, v in tensors.items()}
-    result = set_peft_model_state_dict(host, state, adapter_name=ADAPTER)
+    try:
+        result = set_peft_model_state_dict(host, state, adapter_name=ADAPTER)
+    except RuntimeError as e:  # shapes that do not fit
+        raise CheckpointError(f"lora={where}: does not fit {model.name}'s backbone: {' '.join(str(e).split())[:300]}") from None
     missing = [k for k in result.missing_keys if is_adapter_key(k)]
     if result.unexpected_keys or missing:
         raise CheckpointError(f"lora={where}: does not fit {model.name}'s backbone (unexpected "
