@@ -7,6 +7,8 @@ onto our process + parameterization + default grid:
     beta_schedule scaled_linear / linear, beta_start, beta_end, num_train_timesteps
         -> process vp_scaled_linear / vp_linear (T = num_train_timesteps)
     prediction_type epsilon / v_prediction / sample -> denoiser eps / v / x0
+    LCMScheduler (+ timestep_scaling, original_inference_steps) -> denoiser lcm (the released boundary
+        scalings over that prediction) and solver lcm, 4 steps (LatentConsistencyModelPipeline's defaults)
     timestep_spacing leading (+ steps_offset) / trailing / linspace -> grid leading / trailing / uniform
     clip_sample (+ clip_sample_range) -> sampling.clip_x0
 
@@ -73,7 +75,12 @@ def scheduler_spec(cfg: dict, where: str) -> dict[str, Any]:
     if spacing == "leading":
         grid["offset"] = int(cfg.get("steps_offset", 0))
     clip = float(cfg.get("clip_sample_range", 1.0)) if cfg.get("clip_sample", False) else None
-    return {"process": process, "denoiser": {"kind": _PRED[pred]}, "grid": grid, "clip_x0": clip}
+    denoiser: dict[str, Any] = {"kind": _PRED[pred]}
+    solver: dict[str, Any] = {"kind": "ddim", "eta": 0.0}
+    if cfg.get("_class_name") == "LCMScheduler":  # a latent consistency model: the released boundary scalings
+        denoiser = {"kind": "lcm", "prediction": _PRED[pred], "timestep_scaling": float(cfg.get("timestep_scaling", 10.0))}
+        solver = {"kind": "lcm", "original_inference_steps": int(cfg.get("original_inference_steps", 50))}
+    return {"process": process, "denoiser": denoiser, "grid": grid, "clip_x0": clip, "solver": solver}
 
 
 def scheduler_config(spec: ModelSpec) -> dict[str, Any]:
@@ -85,19 +92,27 @@ def scheduler_config(spec: ModelSpec) -> dict[str, Any]:
         betas = {"beta_schedule": "linear", "beta_start": p.beta_min / p.timesteps, "beta_end": p.beta_max / p.timesteps}
     else:
         raise LayoutError(f"process {p.kind!r} has no diffusers scheduler (vp_scaled_linear or discrete vp_linear)")
-    pred = {v: k for k, v in _PRED.items()}.get(spec.denoiser.kind)
+    lcm = spec.denoiser.kind == "lcm"
+    pred = {v: k for k, v in _PRED.items()}.get(spec.denoiser.prediction if lcm else spec.denoiser.kind)
     spacing = {v: k for k, v in _SPACING.items()}.get(g.kind)
     if pred is None:
         raise LayoutError(f"denoiser {spec.denoiser.kind!r} has no diffusers prediction_type (eps, v, x0)")
     if spacing is None:
         raise LayoutError(f"grid {g.kind!r} has no diffusers timestep_spacing (leading, trailing, uniform)")
     clip = spec.sampling.clip_x0
-    return {
+    config = {
         "_class_name": "DDIMScheduler", "num_train_timesteps": p.timesteps, **betas, "prediction_type": pred,
         "timestep_spacing": spacing, "steps_offset": getattr(g, "offset", 0), "set_alpha_to_one": True,
         "clip_sample": clip is not None, "clip_sample_range": clip or 1.0, "thresholding": False,
         "rescale_betas_zero_snr": False,
     }
+    if lcm:  # LCMScheduler: the released boundary scalings and the skipping schedule of the lcm solver
+        solver = spec.sampling.solver
+        config.update(_class_name="LCMScheduler", timestep_scaling=spec.denoiser.timestep_scaling,
+                      original_inference_steps=getattr(solver, "original_inference_steps", 50))
+        if spec.denoiser.sigma_data != 0.5:
+            raise LayoutError(f"denoiser.sigma_data={spec.denoiser.sigma_data}: LCMScheduler fixes sigma_data = 0.5")
+    return config
 
 
 def _check_index(url: str) -> dict:
@@ -146,8 +161,10 @@ def spec_from_folder(url: str) -> ModelSpec:
             "num_heads": text["num_attention_heads"], "max_length": min(tok, text["max_position_embeddings"]),
             "hidden_act": text.get("hidden_act", "quick_gelu"),
         },
-        "sampling": {"solver": {"kind": "ddim", "eta": 0.0}, "grid": sched["grid"], "steps": 50, "guidance": 6.5,
-                     "clip_x0": sched["clip_x0"]},
+        "sampling": {"solver": sched["solver"], "grid": sched["grid"], "clip_x0": sched["clip_x0"],
+                     # diffusers' defaults: StableDiffusionPipeline 50 steps at guidance_scale 7.5,
+                     # LatentConsistencyModelPipeline 4 steps at 8.5 (w = guidance_scale - 1)
+                     **({"steps": 4, "guidance": 7.5} if sched["solver"]["kind"] == "lcm" else {"steps": 50, "guidance": 6.5})},
         "weights": url,
     }
     return ModelSpec.model_validate(body)
@@ -191,7 +208,7 @@ def export(model: Any, url: str) -> None:
     """Write ``model`` (kl_vae + sd_unet + clip_text) as a folder diffusers' StableDiffusionPipeline loads;
     an unmerged LoRA adapter as ``pytorch_lora_weights.safetensors`` in it (zoo/lora_file.py)."""
     import diffusers
-    from diffusers import DDIMScheduler
+    from diffusers import DDIMScheduler, LCMScheduler
 
     spec = model.spec
     if spec.autoencoder.kind != "kl_vae" or spec.backbone.kind != "sd_unet" or spec.conditioner.kind != "clip_text":
@@ -210,12 +227,15 @@ def export(model: Any, url: str) -> None:
         model.autoencoder.vae.save_pretrained(root / "vae", safe_serialization=True)
         model.conditioner.text_model.save_pretrained(root / "text_encoder", safe_serialization=True)
         model.conditioner.tokenizer.save_pretrained(root / "tokenizer")
-        DDIMScheduler.from_config(scheduler_config(spec)).save_pretrained(root / "scheduler")
+        config = scheduler_config(spec)
+        lcm = config["_class_name"] == "LCMScheduler"
+        (LCMScheduler if lcm else DDIMScheduler).from_config(config).save_pretrained(root / "scheduler")
         index = {
-            "_class_name": "StableDiffusionPipeline", "_diffusers_version": diffusers.__version__,
+            "_class_name": "LatentConsistencyModelPipeline" if lcm else "StableDiffusionPipeline",
+            "_diffusers_version": diffusers.__version__,
             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
             "text_encoder": ["transformers", "CLIPTextModel"], "tokenizer": ["transformers", "CLIPTokenizer"],
-            "scheduler": ["diffusers", "DDIMScheduler"], "safety_checker": [None, None],
+            "scheduler": ["diffusers", config["_class_name"]], "safety_checker": [None, None],
             "feature_extractor": [None, None], "image_encoder": [None, None], "requires_safety_checker": False,
         }
         (root / "model_index.json").write_text(json.dumps(index, indent=2))

@@ -131,6 +131,8 @@ class Model(nn.Module):
         if w and not self.conditioner.guidable:
             raise ValueError(f"guidance={w} needs a conditional model; {self.name} is unconditional")
         cond = _to(self.conditioner.request(n, labels=labels, prompt=prompt), device)
+        if self.spec.guidance_input:  # an LCM: w is an input of the network, one call per step (LCM eq. 8)
+            cond, w = {**(cond or {}), "w": torch.full((n,), float(w), device=device)}, 0.0
         null = _to(self.conditioner.null(n), device) if w else None
 
         was_training = self.training

@@ -51,6 +51,12 @@ class ModelSpec(Spec):
     sampling: SamplingSpec
     weights: str | None = Field(None, description="URL of trained weights (safetensors), any fsspec URL")
 
+    @property
+    def guidance_input(self) -> bool:
+        """Whether w is an input of the network (an LCM's guidance embedding, DESIGN.md 2b) rather
+        than classifier-free guidance: the backbone spec's trait, False where it has none."""
+        return bool(getattr(self.backbone, "guidance_input", False))
+
     @model_validator(mode="after")
     def _consistent(self) -> ModelSpec:
         ae, bb = self.autoencoder, self.backbone

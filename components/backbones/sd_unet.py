@@ -48,6 +48,11 @@ class SdUnetSpec(Spec):
     time_cond_proj_dim: int | None = Field(None, gt=0, description="guidance-scale embedding width (LCM)")
     attention: Literal["sdpa", "eager", "xformers"] = "sdpa"
 
+    @property
+    def guidance_input(self) -> bool:
+        """Trait: the backbone takes the guidance scale w as an input (cond["w"]) instead of CFG."""
+        return self.time_cond_proj_dim is not None
+
     @model_validator(mode="after")
     def _check(self) -> SdUnetSpec:
         n = len(self.block_out_channels)

@@ -8,16 +8,17 @@ from components.denoisers.base import Cond, DenoiseFn, Denoiser, Prediction, bin
 from components.denoisers.consistency import ConsistencySpec
 from components.denoisers.edm import EdmPrecondSpec
 from components.denoisers.eps import EpsSpec
+from components.denoisers.lcm import LcmSpec
 from components.denoisers.v import VSpec
 from components.denoisers.velocity import VelocitySpec
 from components.denoisers.x0 import X0Spec
 from components.registry import Registry
 
-DenoiserSpec = Annotated[Union[EpsSpec, X0Spec, VSpec, VelocitySpec, EdmPrecondSpec, ConsistencySpec], Field(discriminator="kind")]
+DenoiserSpec = Annotated[Union[EpsSpec, X0Spec, VSpec, VelocitySpec, EdmPrecondSpec, ConsistencySpec, LcmSpec], Field(discriminator="kind")]
 
 DENOISERS = Registry(DenoiserSpec, "denoiser")
 
 __all__ = [
-    "DENOISERS",     "Cond", "ConsistencySpec", "DenoiseFn", "Denoiser", "DenoiserSpec", "EdmPrecondSpec", "EpsSpec", "Prediction", "VSpec",
+    "DENOISERS",     "Cond", "ConsistencySpec", "DenoiseFn", "Denoiser", "DenoiserSpec", "EdmPrecondSpec", "EpsSpec", "LcmSpec", "Prediction", "VSpec",
     "VelocitySpec", "X0Spec", "bind", "count_calls",
 ]

@@ -12,6 +12,7 @@ from components.solvers.dpmpp_2m import Dpmpp2m, Dpmpp2mSpec
 from components.solvers.euler import Euler, EulerSpec
 from components.solvers.euler_maruyama import EulerMaruyama, EulerMaruyamaSpec
 from components.solvers.heun import Heun, HeunSpec
+from components.solvers.lcm import LcmSampler, LcmSamplerSpec
 from components.solvers.rf_euler import RfEuler, RfEulerSpec
 from components.solvers.rk45 import Rk45, Rk45Info, Rk45Spec
 from components.registry import Registry
@@ -19,7 +20,7 @@ from components.registry import Registry
 SolverSpec = Annotated[
     Union[
         DdpmSpec, DdimSpec, EulerSpec, HeunSpec, Dpmpp2mSpec, EulerMaruyamaSpec, RfEulerSpec, Rk45Spec,
-        ConsistencySamplerSpec,
+        ConsistencySamplerSpec, LcmSamplerSpec,
     ],
     Field(discriminator="kind"),
 ]
@@ -27,7 +28,7 @@ SolverSpec = Annotated[
 SOLVERS = Registry(SolverSpec, "solver")
 
 __all__ = [
-    "ConsistencySampler", "ConsistencySamplerSpec",
+    "ConsistencySampler", "ConsistencySamplerSpec", "LcmSampler", "LcmSamplerSpec",
     "SOLVERS",     "Ddim", "DdimSpec", "Ddpm", "DdpmSpec", "Dpmpp2m", "Dpmpp2mSpec", "Euler", "EulerMaruyama",
     "EulerMaruyamaSpec", "EulerSpec", "Heun", "HeunSpec", "RfEuler", "RfEulerSpec", "Rk45", "Rk45Info",
     "Rk45Spec", "Solver", "SolverSpec",
