@@ -302,3 +302,45 @@ def test_diffusers_written_adapter_loads_in_ours(sd_folders, layout, tmp_path, o
         again = pipeline(first)
         again.load_lora_weights(str(tmp_path))
         torch.testing.assert_close(diffusers_images(again), theirs, rtol=0, atol=1e-4)
+
+
+# -- LCM-LoRA ------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("steps", [1, 4])
+def test_lcm_lora_equals_diffusers_lcm_scheduler(sd_folders, steps, tmp_path, one_thread):
+    """An LCM-LoRA (the layers LCM-LoRA adapts, rank 8, written by peft + diffusers' save path as
+    the LCM-LoRA script does) on a plain SD base: diffusers' load_lora_weights + LCMScheduler and
+    our loader + the lcm denoiser/solver (the folder's LCMScheduler maps onto them) give the same
+    images, unmerged and merged."""
+    import json
+    import shutil
+
+    from diffusers import LCMScheduler, StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    first, _ = sd_folders
+    base = tmp_path / "sd-lcm-scheduler"  # the SD base with the scheduler LCM-LoRA samples with
+    shutil.copytree(first, base)
+    LCMScheduler.from_config(json.loads((base / "scheduler" / "scheduler_config.json").read_text())).save_pretrained(
+        base / "scheduler")
+    pipe = pipeline(first)
+    config = LoraConfig(r=8, lora_alpha=8, target_modules=list(SdUnetSpec.lora_targets))
+    pipe.unet.add_adapter(config)
+    randomize_b(pipe.unet, seed=6)
+    StableDiffusionPipeline.save_lora_weights(str(tmp_path / "lcm-lora"), unet_lora_layers=get_peft_model_state_dict(
+        pipe.unet), unet_lora_adapter_metadata=config.to_dict())
+
+    theirs_pipe = pipeline(first)
+    theirs_pipe.scheduler = LCMScheduler.from_config(theirs_pipe.scheduler.config)
+    theirs_pipe.load_lora_weights(str(tmp_path / "lcm-lora"))
+    theirs = theirs_pipe(PROMPT, num_inference_steps=steps, guidance_scale=1.0, num_images_per_prompt=2,
+                         output_type="pt", generator=torch.Generator().manual_seed(0), height=16, width=16).images
+    for merge in (False, True):
+        model = zoo.load(str(base), lora=str(tmp_path / "lcm-lora"), merge=merge)
+        assert model.spec.denoiser.kind == "lcm" and model.spec.sampling.solver.kind == "lcm"
+        mine = model.sample(2, steps=steps, seed=0, prompt=PROMPT, guidance=0.0)
+        torch.testing.assert_close(mine, theirs, rtol=0, atol=1e-4)
+    plain = zoo.load(str(base)).sample(2, steps=steps, seed=0, prompt=PROMPT, guidance=0.0)
+    assert (plain - theirs).abs().max() > 1e-2, "the LCM-LoRA changes nothing: the test could not fail"
