@@ -55,6 +55,8 @@ def attach_objective(objective: Any, model: Model, tr: Any, device: torch.device
     if getattr(spec, "teacher", None):
         teacher = load_teacher(spec.teacher, getattr(spec, "teacher_weights", None), device).denoiser
     objective.attach(model.denoiser, teacher, tr.steps)
+    if hasattr(objective, "attach_conditioner"):  # lcd: the null condition of the teacher's guidance
+        objective.attach_conditioner(model.conditioner)
     objective.to(device)
 
 

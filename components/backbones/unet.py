@@ -4,7 +4,10 @@ ResNet blocks (GroupNorm, SiLU, 3x3 convs, time embedding added after the first 
 self-attention at chosen resolutions, num_res_blocks blocks per level, a skip from every down
 block into the up path, a sinusoidal time embedding (Vaswani et al.) through a 2-layer MLP, and an
 optional class embedding (num_classes + 1 rows, the last one the null label of classifier-free
-guidance). CIFAR-10 settings (channels=128, mult 1,2,2,2, 2 blocks, attention at 16x16,
+guidance). ``time_cond_proj_dim`` adds the guidance-scale embedding of an LCM student (Luo et al.
+2023, section 4.2): cond["w"] (B,) embedded as diffusers' get_guidance_scale_embedding and added
+to the time embedding through a zero-initialized projection, so a student built from a teacher
+starts as the teacher. CIFAR-10 settings (channels=128, mult 1,2,2,2, 2 blocks, attention at 16x16,
 dropout 0.1) give the paper's 35.7M parameters.
 """
 
@@ -19,6 +22,7 @@ from pydantic import Field, model_validator
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from components.backbones.sd_unet import guidance_embedding
 from components.spec import Spec
 
 
@@ -37,6 +41,12 @@ class UNetSpec(Spec):
     dropout: float = Field(0.1, ge=0, lt=1)
     groups: int = Field(32, ge=1, description="GroupNorm groups")
     num_classes: int | None = Field(None, ge=1, description="class embedding (+1 null row)")
+    time_cond_proj_dim: int | None = Field(None, gt=0, description="guidance-scale embedding width (LCM)")
+
+    @property
+    def guidance_input(self) -> bool:
+        """Trait: the backbone takes the guidance scale w as an input (cond["w"]) instead of CFG."""
+        return self.time_cond_proj_dim is not None
 
     @model_validator(mode="after")
     def _check(self) -> UNetSpec:
@@ -171,6 +181,7 @@ class UNet(nn.Module):
 
         self.norm_out = nn.GroupNorm(g, cur)
         self.conv_out = _zero(nn.Conv2d(cur, spec.out_channels, 3, padding=1))
+        self.w_proj = _zero(nn.Linear(spec.time_cond_proj_dim, temb, bias=False)) if spec.time_cond_proj_dim else None
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute block activations in backward (timm's method name)."""
@@ -190,6 +201,11 @@ class UNet(nn.Module):
             if cond is None or "label" not in cond:
                 raise ValueError("this UNet is class-conditional (num_classes set) and needs cond['label']")
             emb = emb + self.class_emb(cond["label"])
+        if self.w_proj is not None:
+            if cond is None or "w" not in cond:
+                raise ValueError("this UNet has time_cond_proj_dim set and needs the guidance scale cond['w']")
+            w = guidance_embedding(cond["w"].reshape(-1).expand(x.shape[0]), self.spec.time_cond_proj_dim)
+            emb = emb + self.w_proj(w.to(emb.dtype))
         h = self.conv_in(x)
         hs = [h]
         for block in self.down:
