@@ -183,6 +183,10 @@ def check_agrees(spec: ModelSpec, url: str) -> None:
     for field, mine, adapter in (("process", spec.process, _NOISE), ("denoiser", spec.denoiser, _DENOISER),
                                  ("sampling.grid", spec.sampling.grid, _GRID)):
         theirs = sched[field.split(".")[-1]]
+        if field == "denoiser" and mine.kind == "lcm" and theirs["kind"] != "lcm":
+            # an LCM-LoRA's base: a plain SD folder under an LCM spec (lcm-lora-sd); the adapter makes
+            # it a consistency model, so only the prediction the folder's UNet makes must agree
+            theirs = {**mine.model_dump(mode="json"), "prediction": theirs["kind"]}
         if adapter.validate_python(theirs) != mine:
             raise LayoutError(f"{where}: the scheduler means {field} = {theirs} but the spec's {field} is "
                               f"{mine.model_dump(mode='json')}")
