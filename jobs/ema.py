@@ -10,15 +10,19 @@ each rank averages its own shard.
 from __future__ import annotations
 
 import torch
+from collections.abc import Iterable
+
 from torch import Tensor, nn
 
 from jobs.parallel import place_like
 
 
 class Ema:
-    def __init__(self, module: nn.Module, decay: float, warmup: bool = True):
+    def __init__(self, module: nn.Module, decay: float, warmup: bool = True, keys: Iterable[str] | None = None):
+        """``keys``: average only these entries of the state dict (a LoRA run's adapters); all by default."""
         self.decay, self.warmup = decay, warmup
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+        keep = None if keys is None else set(keys)
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if keep is None or k in keep}
 
     def decay_at(self, step: int) -> float:
         return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
@@ -27,7 +31,9 @@ class Ema:
     def update(self, module: nn.Module, step: int) -> None:
         d = self.decay_at(step)
         for k, v in module.state_dict().items():
-            s = self.shadow[k]
+            s = self.shadow.get(k)
+            if s is None:
+                continue
             if s.is_floating_point():
                 s.lerp_(v.detach(), 1 - d)
             else:

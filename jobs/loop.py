@@ -29,8 +29,11 @@ from jobs.data import open_data
 from jobs.ema import Ema
 from jobs.teacher import load_teacher
 from zoo import checkpoint as ckpt
+from zoo import lora_file
 from zoo.errors import NonFiniteLossError, SpecError
-from zoo.loading import fit_weights, load_weights
+from zoo.loading import fit_weights
+from zoo.lora import add_adapter
+from zoo.resolve import base_model
 from zoo.model import Model
 from zoo.specs import RunSpec
 
@@ -77,10 +80,13 @@ class Trainer:
         self.run, self.ctx, self.tr, self.device = run, ctx, run.train, ctx.device
         tr, device = self.tr, self.device
         torch.manual_seed(derive_seed(tr.seed, "init"))  # identical initial weights on every rank
-        self.model = Model(run.model, run.name).to(device)
         resume = ctx.latest_checkpoint()
-        if run.model.weights and resume is None:  # fine-tuning (reflow: k-RF from (k-1)-RF)
-            load_weights(self.model, run.model.weights, ema=True)
+        # fine-tuning starts from model.weights (reflow: k-RF from (k-1)-RF); a LoRA run's checkpoints
+        # hold only its adapters, so its base is read on resume too
+        base = run.model.weights if resume is None or tr.lora is not None else None
+        self.model = base_model(run.model, run.name, base).to(device)
+        if tr.lora is not None:  # before the optimizer: only the adapters train (zoo/lora.py)
+            add_adapter(self.model, tr.lora, seed=derive_seed(tr.seed, "lora"))
         if tr.grad_checkpointing:
             enable_grad_checkpointing(self.model.denoiser.backbone, run)
         self.objective = tr.objective.build().to(device)
@@ -96,8 +102,9 @@ class Trainer:
         self.wrapped = ctx.wrap(self.model.denoiser.backbone)
         parallel.shard_target(self.objective, self.wrapped)  # theta^- sharded like the student under FSDP
         self.trained = Denoiser(self.wrapped, self.model.process, self.model.denoiser.parameterization)
-        self.optimizer = build_optimizer(self.model.denoiser.parameters(), tr.optimizer)
-        self.ema = Ema(self.model.denoiser, tr.ema.decay, tr.ema.warmup)
+        self.optimizer = build_optimizer([p for p in self.model.denoiser.parameters() if p.requires_grad],
+                                         tr.optimizer)
+        self.ema = Ema(self.model.denoiser, tr.ema.decay, tr.ema.warmup, keys=self.model.trainable_state_dict().keys())
         self.start, data_state = self.resume(c) if c is not None else (0, None)
         self.data = open_data(tr, ctx.rank, ctx.world_size, shard=ctx.dataset_shard(), state=data_state,
                               start=self.start, counter=ctx.bad_samples)
@@ -142,9 +149,11 @@ class Trainer:
         if self.ctx.rank != 0:
             self.ctx.report(metrics)
             return None
+        # a LoRA run's (EMA) adapter also in the layout diffusers' load_lora_weights reads
+        adapter = lora_file.encode(self.model, averaged) if self.model.adapter is not None else None
         with tempfile.TemporaryDirectory(prefix="zoo-ckpt-") as tmp:
             ckpt.write(tmp, self.run.model_dump_json(), weights, averaged, opt_state, step, {"data": data_state},
-                       objective=obj_state)
+                       objective=obj_state, adapter=adapter)
             return self.ctx.report(metrics, checkpoint_dir=tmp)
 
     # -- one step --------------------------------------------------------------------------------

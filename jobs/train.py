@@ -16,7 +16,7 @@ from jobs.context import MetricsLog
 from zoo import checkpoint as ckpt
 from zoo import plots
 from zoo.catalog import get as catalog_entry
-from zoo.errors import CheckpointError, DataError
+from zoo.errors import CheckpointError, DataError, SpecError
 from zoo.resolve import is_catalog_name
 from zoo.images import save_grid
 from zoo.loading import load
@@ -57,6 +57,9 @@ def train(
             + (f"pass data= {needs}." if needs else "pass data='<URL of shards>' (e.g. s3://bucket/cifar10/). "
                "Only the small *-digits entries ship their data (data='builtin:digits').")
         )
+    if run.train.lora is not None and not run.model.weights:
+        raise SpecError(f"{run.name}: lora= trains adapters on a base model: pass weights='<URL of its weights>' "
+                        "(a .safetensors file, a checkpoint or run folder, or a diffusers folder)")
     data_sources.kind(run.train.data)  # an unknown source fails here, before any cluster starts
     run_dir, resume_from = run_directory(run, resume)
     fs, path = fsspec.core.url_to_fs(run_dir)

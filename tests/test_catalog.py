@@ -12,6 +12,7 @@ import yaml
 import zoo
 from components.random import RandomSource
 from zoo.catalog import catalog_path
+from zoo.lora import add_adapter
 from zoo.specs import RunSpec
 
 NAMES = zoo.list()
@@ -109,11 +110,13 @@ def test_entry_builds_and_trains_a_step(name, request):
         objective.attach(model.denoiser, teacher, run.train.steps)
         if hasattr(objective, "attach_conditioner"):
             objective.attach_conditioner(model.conditioner)
+    if run.train.lora is not None:  # LoRA entries train adapters alone (zoo/lora.py)
+        add_adapter(model, run.train.lora, seed=0)
     loss, _ = objective.loss(model.denoiser, {"x0": x0, "cond": cond, "noise": pairs}, rng, step=0)
     loss.backward()
     assert torch.isfinite(loss)
     grads = [p.grad for p in model.denoiser.parameters() if p.requires_grad]
-    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+    assert grads and all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
 def test_ddpm_cifar_is_the_paper_model():

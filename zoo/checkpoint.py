@@ -44,6 +44,9 @@ MANIFEST = "manifest.json"
 FILES = ("spec.json", "model.safetensors", "ema.safetensors", "optimizer.safetensors", "state.json")
 #: written only by runs whose objective owns state (the consistency objectives' target network theta^-)
 OBJECTIVE = "objective.safetensors"
+#: written only by LoRA runs: their (EMA) adapter as diffusers' load_lora_weights reads it (zoo/lora_file.py)
+LORA = "pytorch_lora_weights.safetensors"
+OPTIONAL = (OBJECTIVE, LORA)
 _STEP_DIR = re.compile(r"(?:step_|checkpoint_)(\d+)$")
 log = logging.getLogger(__name__)
 
@@ -69,9 +72,9 @@ def parse_manifest(blob: bytes) -> _Manifest:
     except ValidationError as e:
         shown = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or 'manifest'}: {err['msg']}" for err in e.errors()[:5])
         raise ValueError(f"malformed manifest ({shown})") from None
-    strange = sorted(set(m.files) - set(FILES) - {OBJECTIVE})
+    strange = sorted(set(m.files) - set(FILES) - set(OPTIONAL))
     if strange:
-        raise ValueError(f"malformed manifest (files: names {strange} are not checkpoint files {list(FILES) + [OBJECTIVE]})")
+        raise ValueError(f"malformed manifest (files: names {strange} are not checkpoint files {list(FILES + OPTIONAL)})")
     return m
 
 
@@ -89,10 +92,12 @@ def write(
     step: int,
     state: dict[str, Any] | None = None,
     objective: dict[str, Tensor] | None = None,
+    adapter: bytes | None = None,
 ) -> Path:
     """Write a complete checkpoint into a local folder (manifest last); ``state`` adds to
     state.json (e.g. the data position); ``objective`` is the objective's own state (e.g. the
-    EMA target of consistency distillation), written as objective.safetensors when not empty."""
+    EMA target of consistency distillation), written as objective.safetensors when not empty;
+    ``adapter`` the bytes of a LoRA run's pytorch_lora_weights.safetensors."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     blobs = {
@@ -104,6 +109,8 @@ def write(
     }
     if objective:
         blobs[OBJECTIVE] = st_save(_contiguous(objective))
+    if adapter is not None:
+        blobs[LORA] = adapter
     for name, blob in blobs.items():
         (folder / name).write_bytes(blob)
     manifest = {"step": step, "files": {n: {"sha256": _sha(b), "bytes": len(b)} for n, b in blobs.items()}}
@@ -117,7 +124,7 @@ def upload(local: str | Path, dest: str) -> str:
     checkpoint."""
     fs, root = fsspec.core.url_to_fs(dest)
     fs.makedirs(root, exist_ok=True)
-    for name in FILES + tuple(n for n in (OBJECTIVE,) if (Path(local) / n).exists()):
+    for name in FILES + tuple(n for n in OPTIONAL if (Path(local) / n).exists()):
         fs.put_file(str(Path(local) / name), posixpath.join(root, name))
     staged = posixpath.join(root, MANIFEST + ".partial")
     fs.put_file(str(Path(local) / MANIFEST), staged)

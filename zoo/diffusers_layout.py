@@ -34,6 +34,7 @@ from components.hf_folder import LayoutError, check_part, join, listing, put_fol
 from components.denoisers import DenoiserSpec
 from components.grids import GridSpec
 from components.noise import NoiseSpec
+from zoo import lora, lora_file
 from zoo.specs import ModelSpec
 
 _NOISE, _DENOISER, _GRID = TypeAdapter(NoiseSpec), TypeAdapter(DenoiserSpec), TypeAdapter(GridSpec)
@@ -182,6 +183,10 @@ def check_agrees(spec: ModelSpec, url: str) -> None:
     for field, mine, adapter in (("process", spec.process, _NOISE), ("denoiser", spec.denoiser, _DENOISER),
                                  ("sampling.grid", spec.sampling.grid, _GRID)):
         theirs = sched[field.split(".")[-1]]
+        if field == "denoiser" and mine.kind == "lcm" and theirs["kind"] != "lcm":
+            # an LCM-LoRA's base: a plain SD folder under an LCM spec (lcm-lora-sd); the adapter makes
+            # it a consistency model, so only the prediction the folder's UNet makes must agree
+            theirs = {**mine.model_dump(mode="json"), "prediction": theirs["kind"]}
         if adapter.validate_python(theirs) != mine:
             raise LayoutError(f"{where}: the scheduler means {field} = {theirs} but the spec's {field} is "
                               f"{mine.model_dump(mode='json')}")
@@ -204,7 +209,8 @@ def read_parts(spec: ModelSpec, url: str) -> dict[str, Any]:
 
 
 def export(model: Any, url: str) -> None:
-    """Write ``model`` (kl_vae + sd_unet + clip_text) as a folder diffusers' StableDiffusionPipeline loads."""
+    """Write ``model`` (kl_vae + sd_unet + clip_text) as a folder diffusers' StableDiffusionPipeline loads;
+    an unmerged LoRA adapter as ``pytorch_lora_weights.safetensors`` in it (zoo/lora_file.py)."""
     import diffusers
     from diffusers import DDIMScheduler, LCMScheduler
 
@@ -216,7 +222,12 @@ def export(model: Any, url: str) -> None:
         raise LayoutError(f"export_diffusers: {model.name}'s conditioner has no tokenizer to write")
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        model.denoiser.backbone.unet.save_pretrained(root / "unet", safe_serialization=True)
+        if model.adapter is None:
+            model.denoiser.backbone.unet.save_pretrained(root / "unet", safe_serialization=True)
+        else:  # the base UNet, and the unmerged adapter beside it where load_lora_weights(folder) finds it
+            with lora.without_adapter(model) as unet:
+                unet.save_pretrained(root / "unet", safe_serialization=True)
+            (root / lora_file.WEIGHT_NAME).write_bytes(lora_file.encode(model))
         model.autoencoder.vae.save_pretrained(root / "vae", safe_serialization=True)
         model.conditioner.text_model.save_pretrained(root / "text_encoder", safe_serialization=True)
         model.conditioner.tokenizer.save_pretrained(root / "tokenizer")

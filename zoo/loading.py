@@ -20,12 +20,15 @@ def build(name: str | RunSpec, **overrides: Any) -> Model:
 
 
 def load(ref: str, *, weights: str | None = None, ema: bool = True, device: str | torch.device = "cpu",
-         **overrides: Any) -> Model:
+         lora: str | None = None, merge: bool = False, **overrides: Any) -> Model:
     """A trained model from a checkpoint folder / run folder URL, or a catalog name with weights.
 
     ``zoo.load("runs/ddpm-digits-...")`` restores the newest complete checkpoint (EMA weights
     unless ema=False). ``zoo.load("ddpm-cifar", weights="s3://.../model.safetensors")`` builds
     the catalog entry and loads the weights (the spec's own ``weights`` URL when not given).
     ``weights=`` and overrides apply to catalog names only (zoo.resolve.resolve).
+    ``lora="s3://.../pytorch_lora_weights.safetensors"`` (or a folder holding it) puts a LoRA
+    adapter on the model, unmerged unless ``merge=True`` (zoo/lora_file.py); a LoRA run's
+    checkpoint loads its base (``spec.weights``) with its own adapter.
     """
-    return load_model(ref, weights=weights, ema=ema, device=device, **overrides)
+    return load_model(ref, weights=weights, ema=ema, device=device, lora=lora, merge=merge, **overrides)

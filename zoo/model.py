@@ -23,6 +23,7 @@ from components.solvers import SolverSpec
 from zoo import diffusers_layout
 from zoo.catalog import format_errors
 from zoo.errors import SpecError
+from zoo.lora import Adapter, is_adapter_key
 from zoo.specs import ModelSpec
 
 _SOLVERS = TypeAdapter(SolverSpec)
@@ -55,6 +56,7 @@ class Model(nn.Module):
         self.autoencoder = parts["autoencoder"] if "autoencoder" in parts else spec.autoencoder.build()
         self.conditioner = parts["conditioner"] if "conditioner" in parts else spec.conditioner.build()
         self.denoiser = Denoiser(parts["backbone"] if "backbone" in parts else spec.backbone.build(), self.process, spec.denoiser.build())
+        self.adapter: Adapter | None = None  # an unmerged LoRA adapter on the backbone (zoo/lora.py)
 
     @property
     def device(self) -> torch.device:
@@ -66,12 +68,16 @@ class Model(nn.Module):
         return (c, size, size)
 
     def trainable_state_dict(self) -> dict[str, Tensor]:
-        """The weights a checkpoint stores: the denoiser's (frozen parts come from their URLs)."""
-        return self.denoiser.state_dict()
+        """The weights a checkpoint stores: the denoiser's (frozen parts come from their URLs); with
+        a LoRA adapter only the adapter's (the base comes from ``spec.weights``)."""
+        sd = self.denoiser.state_dict()
+        return sd if self.adapter is None else {k: v for k, v in sd.items() if is_adapter_key(k)}
 
     def export_diffusers(self, url: str) -> None:
         """Write a Stable-Diffusion-layout folder (kl_vae + sd_unet + clip_text models) that
-        diffusers' StableDiffusionPipeline.from_pretrained loads; any fsspec URL."""
+        diffusers' StableDiffusionPipeline.from_pretrained loads; any fsspec URL. An unmerged LoRA
+        adapter goes beside the base weights as ``<url>/pytorch_lora_weights.safetensors``
+        (``pipe.load_lora_weights(url)``)."""
         diffusers_layout.export(self, url)
 
     # -- data to the space diffusion runs in ---------------------------------------------------

@@ -23,10 +23,12 @@ import torch
 from components.autoencoders import KlVae
 from components.backbones import SdUnet
 from components.conditioners import ClipText
-from zoo import catalog, diffusers_layout
+from components.random import derive_seed
+from zoo import catalog, diffusers_layout, lora_file
 from zoo import checkpoint as ckpt
 from zoo.catalog import format_errors
 from zoo.errors import CheckpointError, SpecError
+from zoo.lora import add_adapter, merge_adapter
 from zoo.model import Model
 from zoo.specs import ModelSpec, RunSpec
 from zoo.weights import fit_weights, load_weights
@@ -94,23 +96,53 @@ def resolve(ref: str, *, weights: str | None = None, **overrides: Any) -> Resolv
 
 
 def load_model(ref: str | Resolved, *, weights: str | None = None, ema: bool = True,
-               device: str | torch.device = "cpu", **overrides: Any) -> Model:
-    """A model with its weights (EMA unless ema=False), in eval mode on ``device``."""
+               device: str | torch.device = "cpu", lora: str | None = None, merge: bool = False,
+               **overrides: Any) -> Model:
+    """A model with its weights (EMA unless ema=False), in eval mode on ``device``.
+
+    ``lora``: a LoRA adapter (``pytorch_lora_weights.safetensors`` or a folder holding it, any
+    fsspec URL; zoo/lora_file.py) put on the loaded base, so an adapter trained on one base can
+    go on another's weights. ``merge=True`` folds it (and a LoRA run's own adapter) into the
+    base weights; else it stays a separate, unmerged adapter (``model.adapter``)."""
     r = ref if isinstance(ref, Resolved) else resolve(ref, weights=weights, **overrides)
     if r.weights is None:
         raise CheckpointError(
             f"{r.ref!r} has no weights: pass weights='<URL of a .safetensors file or checkpoint>' "
             "(nothing is downloaded), or use zoo.build() for an untrained model"
         )
-    if r.checkpoint is None and diffusers_layout.is_diffusers_folder(r.weights):
-        return load_diffusers(r.weights, r.spec, r.name).to(device).eval()
-    model = Model(r.spec, r.name)
-    if r.checkpoint is not None:
+    if r.checkpoint is not None and r.run is not None and r.run.train.lora is not None:
+        model = base_model(r.spec, r.name, r.spec.weights, what=f"{r.checkpoint}: the base of this LoRA run")
+        add_adapter(model, r.run.train.lora, seed=derive_seed(r.run.train.seed, "lora"))
+        c = ckpt.Checkpoint(r.checkpoint)
+        fit_weights(model, c.tensors("ema.safetensors" if ema else "model.safetensors"), c.url)
+        model.requires_grad_(True)
+    elif r.checkpoint is not None:
+        model = Model(r.spec, r.name)
         c = ckpt.Checkpoint(r.checkpoint)
         fit_weights(model, c.tensors("ema.safetensors" if ema else "model.safetensors"), c.url)
     else:
-        load_weights(model, r.weights, ema)
+        model = base_model(r.spec, r.name, r.weights, ema=ema)
+    if lora is not None:
+        if model.adapter is not None:  # a LoRA run's own adapter: fold it in before the next one
+            merge_adapter(model)
+        lora_file.load(model, lora)
+    if merge and model.adapter is not None:
+        merge_adapter(model)
     return model.to(device).eval()
+
+
+def base_model(spec: ModelSpec, name: str, weights: str | None, ema: bool = True, what: str | None = None) -> Model:
+    """A model built from ``spec`` with ``weights`` when given: a Stable-Diffusion-layout folder
+    (every part read from it), a .safetensors file or a checkpoint / run folder (the denoiser)."""
+    if weights is None:
+        if what is not None:
+            raise CheckpointError(f"{what} has no weights URL (model.weights)")
+        return Model(spec, name)
+    if diffusers_layout.is_diffusers_folder(weights):
+        return load_diffusers(weights, spec, name)
+    model = Model(spec, name)
+    load_weights(model, weights, ema)
+    return model
 
 
 def load_diffusers(url: str, spec: ModelSpec | None = None, name: str | None = None) -> Model:

@@ -23,6 +23,7 @@ from components.noise import NoiseSpec
 from components.objectives import ObjectiveSpec
 from components.solvers import SolverSpec
 from components.spec import Spec
+from zoo.lora import LoraSpec
 
 
 class ImageSpec(Spec):
@@ -112,6 +113,8 @@ class TrainSpec(Spec):
     log_every: int = Field(50, gt=0)
     grid_samples: int = Field(64, ge=0, description="samples in the grid written after training")
     grad_checkpointing: bool = False
+    lora: LoraSpec | None = Field(
+        None, description="train only low-rank adapters on the backbone (zoo/lora.py), from the base model.weights")
     micro_batch_size: int | None = Field(
         None, gt=0, description="rows per forward/backward on one worker: the per-worker batch "
         "(batch_size / workers) is accumulated from micro-batches of this size; None: one micro-batch")

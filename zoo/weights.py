@@ -23,7 +23,14 @@ def load_weights(model: Model, url: str, ema: bool = True) -> None:
 def fit_weights(model: Model, sd: dict[str, Tensor], where: str) -> None:
     """Load a denoiser state dict, or a CheckpointError naming the source and the mismatch."""
     try:
-        model.denoiser.load_state_dict(sd)
+        if model.adapter is None:
+            model.denoiser.load_state_dict(sd)
+        else:  # a LoRA run's checkpoint holds the adapter alone: exactly its tensors, no others
+            keys = set(model.trainable_state_dict())
+            if set(sd) != keys:
+                odd = sorted(set(sd) ^ keys)[:3]
+                raise RuntimeError(f"the adapter's tensors differ from the model's adapter: {odd}")
+            model.denoiser.load_state_dict(sd, strict=False)
     except RuntimeError as e:
         first = str(e).splitlines()
         raise CheckpointError(f"{where}: weights do not fit {model.name}: {' '.join(first[:3])[:500]}") from None

@@ -19,7 +19,7 @@ DiT-XL/2: D = 1152, depth 28, 16 heads, p = 2.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -34,6 +34,8 @@ from components.spec import Spec
 
 class DitSpec(Spec):
     kind: Literal["dit"] = "dit"
+    #: layers LoRA adapts by default (zoo/lora.py): attention, MLP and adaLN modulation of every block
+    lora_targets: ClassVar[tuple[str, ...]] = ("attn.qkv", "attn.proj", "mlp.fc1", "mlp.fc2", "adaLN_modulation.1")
     resolution: int = Field(gt=0, description="spatial size of the (latent) input")
     in_channels: int = Field(gt=0)
     out_channels: int = Field(gt=0)

@@ -13,7 +13,7 @@ xformers' memory-efficient attention when it is installed, "eager" the plain sof
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -29,6 +29,11 @@ CONFIG, WEIGHTS = "config.json", "diffusion_pytorch_model.safetensors"
 
 class SdUnetSpec(Spec):
     kind: Literal["sd_unet"] = "sd_unet"
+    #: layers LoRA adapts by default (zoo/lora.py): those of LCM-LoRA (Luo et al. 2023; diffusers'
+    #: train_lcm_distill_lora_sd_wds.py), attention, feed-forward, ResNet convs, resamplers, time projection
+    lora_targets: ClassVar[tuple[str, ...]] = (
+        "to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2", "conv1", "conv2",
+        "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj")
     resolution: int = Field(gt=0, description="spatial size of the latent")
     in_channels: int = Field(4, gt=0)
     out_channels: int = Field(4, gt=0)

@@ -14,7 +14,7 @@ dropout 0.1) give the paper's 35.7M parameters.
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -28,6 +28,8 @@ from components.spec import Spec
 
 class UNetSpec(Spec):
     kind: Literal["unet"] = "unet"
+    #: layers LoRA adapts by default (zoo/lora.py): ResNet convs and time projections, attention, resamplers
+    lora_targets: ClassVar[tuple[str, ...]] = ("conv1", "conv2", "temb", "qkv", "proj", "conv")
     resolution: int = Field(gt=0, description="spatial size of the input (latent) image")
     in_channels: int = Field(gt=0)
     out_channels: int = Field(gt=0)
