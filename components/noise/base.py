@@ -173,4 +173,4 @@ class VPProcess(NoiseProcess):
 def table_from_betas(betas: Tensor) -> Tensor:
     """log alphabar at n = 0..T from the betas of a discrete chain (Ho et al. 2020, eq. 4)."""
     lab = torch.cumsum(torch.log1p(-betas.double()), 0)
-    return torch.cat([torch.zeros(1, dtype=torch.float64), lab])
+    return torch.cat([lab.new_zeros(1), lab])
