@@ -10,6 +10,7 @@ import fsspec
 
 from jobs import data as data_sources
 from jobs import ray_train
+from jobs.autoencoder import with_fitted_autoencoder
 from jobs.context import MetricsLog
 from zoo import checkpoint as ckpt
 from zoo import plots
@@ -50,6 +51,7 @@ def train(
                "Only the small *-digits entries ship their data (data='builtin:digits').")
         )
     data_sources.kind(run.train.data)  # an unknown source fails here, before any cluster starts
+    run = with_fitted_autoencoder(run, progress)  # a latent model's KL-VAE with a recipe and no weights: fitted first
     run_dir, resume_from = run_directory(run, resume)
     fs, path = fsspec.core.url_to_fs(run_dir)
     fs.makedirs(path, exist_ok=True)
