@@ -103,3 +103,24 @@ def put_folder(local: Path, url: str) -> None:
             rel = f.relative_to(local).as_posix()
             fs.makedirs(str(PurePosixPath(root) / PurePosixPath(rel).parent), exist_ok=True)
             fs.put_file(str(f), root.rstrip("/") + "/" + rel)
+
+
+def check_config(config: dict, want: dict, where: str, part: str, *, ignore: tuple[str, ...] = (),
+                 unsupported: tuple[str, ...] = (), kind: str = "") -> None:
+    """A LayoutError naming the file (``where``) and the field where a diffusers / transformers config
+    disagrees with what the spec's ``part`` gives (lists compare as tuples, floats to 1e-9), or sets
+    one of the ``unsupported`` keys that ``kind`` does not implement."""
+    for key, value in want.items():
+        if key in ignore:
+            continue
+        got = config.get(key)
+        got = tuple(got) if isinstance(got, list) else got
+        if isinstance(value, float) and isinstance(got, (int, float)) and not isinstance(got, bool):
+            same = abs(got - value) < 1e-9
+        else:
+            same = got == value
+        if not same:
+            raise LayoutError(f"{where}: {key}={got!r} but the spec's {part} gives {value!r}")
+    for key in unsupported:
+        if config.get(key) is not None:
+            raise LayoutError(f"{where}: {key}={config[key]!r} is not supported by {kind}")

@@ -12,6 +12,7 @@ import fsspec
 from jobs import data as data_sources
 from jobs import ray_train
 from jobs.ray_log import url as ray_log_url
+from jobs.autoencoder import with_fitted_autoencoder
 from jobs.context import MetricsLog
 from zoo import checkpoint as ckpt
 from zoo import plots
@@ -61,6 +62,7 @@ def train(
         raise SpecError(f"{run.name}: lora= trains adapters on a base model: pass weights='<URL of its weights>' "
                         "(a .safetensors file, a checkpoint or run folder, or a diffusers folder)")
     data_sources.kind(run.train.data)  # an unknown source fails here, before any cluster starts
+    run = with_fitted_autoencoder(run, progress)  # a latent model's KL-VAE with a recipe and no weights: fitted first
     run_dir, resume_from = run_directory(run, resume)
     fs, path = fsspec.core.url_to_fs(run_dir)
     fs.makedirs(path, exist_ok=True)

@@ -37,6 +37,29 @@ def trained_edm_digits(tmp_path_factory, ray_cluster) -> zoo.Run:
     return zoo.train("edm-digits", output=str(out), progress=False)
 
 
+@pytest.fixture(scope="session")
+def trained_ldm_tiny_vae(tmp_path_factory) -> str:
+    """ldm-tiny's KL-VAE fitted by its catalog recipe (autoencoder.train): the URL of its diffusers folder."""
+    from jobs.autoencoder import train_autoencoder
+
+    return train_autoencoder("ldm-tiny", output=str(tmp_path_factory.mktemp("vae")), progress=False)
+
+
+@pytest.fixture(scope="session")
+def trained_ldm_tiny(tmp_path_factory, trained_ldm_tiny_vae) -> zoo.Run:
+    """ldm-tiny exactly as the catalog has it, on its fitted KL-VAE, in the test process (workers=0).
+    model.autoencoder.weights in its spec names the VAE folder (alive for the session)."""
+    out = tmp_path_factory.mktemp("runs")
+    return zoo.train("ldm-tiny", output=str(out), workers=0, progress=False,
+                     **{"autoencoder.weights": trained_ldm_tiny_vae})
+
+
+@pytest.fixture(scope="session")
+def trained_dit_tiny(tmp_path_factory) -> zoo.Run:
+    """dit-tiny exactly as the catalog has it, in the test process (workers=0)."""
+    return zoo.train("dit-tiny", output=str(tmp_path_factory.mktemp("runs")), workers=0, progress=False)
+
+
 def tiny_overrides(**extra) -> dict:
     """A ddpm-digits small enough to train a few steps in a second, for plumbing tests. It runs
     in the test process (workers=0: Ray Train's local mode); tests of the distributed path

@@ -104,3 +104,27 @@ def test_text_conditioned_dit_uses_the_text(one_thread):
         net(x, torch.tensor([5.0]), None)
     with pytest.raises(ValueError, match="class- or text-conditioned"):
         DitSpec(**{**SPEC.model_dump(), "cross_attention_dim": 16})
+
+
+def test_cross_attention_starts_as_the_identity_and_reads_every_token(one_thread):
+    """With cross_attention every block also attends to all text tokens (PixArt-alpha): zero-initialized,
+    so the block is still the identity at init; trained, a change in an early token (the prompted word,
+    not the pooled last one) changes the output, which the pooled-only DiT cannot see."""
+    spec = SPEC.model_copy(update={"num_classes": None, "cross_attention_dim": 16, "cross_attention": True})
+    net = spec.build()
+    x, c, text = torch.randn(2, 16, 32), torch.randn(2, 32), torch.randn(2, 4, 16)
+    for block in net.blocks:
+        assert torch.equal(block(x, c, text), x)
+    pooled_only = SPEC.model_copy(update={"num_classes": None, "cross_attention_dim": 16}).build()
+    for m in (net, pooled_only):
+        with torch.no_grad():
+            for prm in m.parameters():
+                prm.copy_(torch.randn_like(prm) * 0.2)
+    other = text.clone()
+    other[:, 1] += 1.0  # an early token; the last one is unchanged
+    img, t = torch.randn(2, 3, 8, 8), torch.tensor([5.0])
+    with torch.no_grad():
+        assert (net(img, t, {"text": text}) - net(img, t, {"text": other})).abs().max() > 1e-3
+        assert torch.equal(pooled_only(img, t, {"text": text}), pooled_only(img, t, {"text": other}))
+    with pytest.raises(ValueError, match="cross_attention needs a text condition"):
+        DitSpec(**{**SPEC.model_dump(), "cross_attention": True})

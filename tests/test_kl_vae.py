@@ -115,3 +115,26 @@ def test_data_encode_writes_kl_vae_latents(tmp_path, one_thread):
         want = model.encode(images)
     got = torch.from_numpy(np.stack([np.frombuffer(r["latent"], "<f4").reshape(2, 8, 8) for r in lat]))
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_train_autoencoder_fits_by_the_spec_recipe(tmp_path, one_thread):
+    """`zoo train-autoencoder` (jobs/autoencoder.py): the entry's autoencoder.train recipe fits the KL-VAE
+    into a diffusers folder named by the autoencoder spec's hash; the same spec reuses it, the same
+    recipe fits the same weights, and a model without a recipe is an error naming the field."""
+    import zoo
+    from jobs.autoencoder import train_autoencoder
+    from zoo.errors import SpecError
+
+    short = {"autoencoder.train.steps": 3, "autoencoder.train.batch_size": 8}
+    url = train_autoencoder("ldm-tiny", output=str(tmp_path / "a"), progress=False, **short)
+    assert url.startswith(str(tmp_path / "a" / "ldm-tiny-vae-"))
+    assert train_autoencoder("ldm-tiny", output=str(tmp_path / "a"), progress=False, **short) == url  # reused
+    again = train_autoencoder("ldm-tiny", output=str(tmp_path / "b"), progress=False, **short)
+    spec = zoo.get("ldm-tiny", **short).model.autoencoder
+    fitted, repeat = (spec.model_copy(update={"weights": u}).build() for u in (url, again))
+    init = spec.build()
+    for (k, p), q, r in zip(fitted.state_dict().items(), repeat.state_dict().values(), init.state_dict().values()):
+        assert torch.equal(p, q), k
+    assert any(not torch.equal(p, r) for p, r in zip(fitted.state_dict().values(), init.state_dict().values()))
+    with pytest.raises(SpecError, match="autoencoder.train is not set"):
+        train_autoencoder("ddpm-digits", output=str(tmp_path / "c"), progress=False)

@@ -32,6 +32,8 @@ def __getattr__(name: str):
         from jobs.train import train as found
     elif name == "distill":
         from jobs.distill import distill as found
+    elif name == "train_autoencoder":
+        from jobs.autoencoder import train_autoencoder as found
     elif name == "reflow":
         from jobs.reflow import reflow as found
     elif name == "write_pairs":
@@ -50,6 +52,6 @@ def __getattr__(name: str):
 __all__ = [
     "CheckpointError", "DataError", "Evaluation", "Model", "ModelSpec", "NonFiniteLossError", "Run",
     "RunSpec", "SpecError", "TrainSpec", "UnknownModelError", "ZooError", "build", "client", "describe",
-    "distill", "evaluate", "flow_pairs", "get", "list", "load", "reflow", "save_grid", "serve", "submit", "train",
+    "distill", "evaluate", "flow_pairs", "get", "list", "load", "reflow", "save_grid", "serve", "submit", "train", "train_autoencoder",
     "write_pairs",
 ]

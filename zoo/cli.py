@@ -106,13 +106,14 @@ def sample(
 
 
 # commands that live with their subsystem
-from zoo.cli_jobs import data_app, submit  # noqa: E402  (zoo data pack|encode, zoo submit)
+from zoo.cli_jobs import data_app, submit, train_autoencoder  # noqa: E402  (zoo data pack|encode, zoo submit)
 from zoo.cli_serve import serve_command  # noqa: E402
 from zoo.evaluation import cli as _eval_cli  # noqa: E402  zoo eval, zoo stats
 
 app.command("serve")(serve_command)
 app.add_typer(data_app, name="data")
 app.command()(submit)
+app.command("train-autoencoder")(train_autoencoder)
 _eval_cli.register(app)
 from zoo.cli_reflow import reflow  # noqa: E402
 

@@ -92,3 +92,22 @@ def submit(
         _fail(e)
     if follow:
         typer.echo(f"job {job.job_id}: {job.status}")
+
+
+def train_autoencoder(
+    name: str,
+    overrides: list[str] = typer.Argument(None, help="KEY=VALUE overrides, e.g. autoencoder.train.steps=800"),
+    output: Optional[str] = typer.Option(None, help="where the VAE folder goes (default: the entry's output)"),
+    progress: bool = typer.Option(True),
+) -> None:
+    """Fit a latent entry's KL-VAE by its recipe (autoencoder.train); prints the diffusers folder to pass as
+    autoencoder.weights (zoo train does this itself when autoencoder.weights is null)."""
+    import zoo
+    from jobs.autoencoder import train_autoencoder as run_fit
+    from zoo.cli_args import parse_overrides
+
+    try:
+        url = run_fit(name, output=output, progress=progress, **parse_overrides(overrides or []))
+    except zoo.ZooError as e:
+        _fail(e)
+    typer.echo(url)

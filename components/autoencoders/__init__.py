@@ -6,11 +6,11 @@ from typing import Annotated, Union
 from pydantic import Field
 
 from components.autoencoders.identity import Identity, IdentitySpec
-from components.autoencoders.kl_vae import KlVae, KlVaeSpec
+from components.autoencoders.kl_vae import KlVae, KlVaeSpec, KlVaeTrainSpec
 from components.registry import Registry
 
 AutoencoderSpec = Annotated[Union[IdentitySpec, KlVaeSpec], Field(discriminator="kind")]
 
 AUTOENCODERS = Registry(AutoencoderSpec, "autoencoder")
 
-__all__ = ["AUTOENCODERS", "AutoencoderSpec", "Identity", "IdentitySpec", "KlVae", "KlVaeSpec"]
+__all__ = ["AUTOENCODERS", "AutoencoderSpec", "Identity", "IdentitySpec", "KlVae", "KlVaeSpec", "KlVaeTrainSpec"]

@@ -19,10 +19,19 @@ import torch.nn.functional as F
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from components.hf_folder import LayoutError, check_part, join, local_copy, put_folder, read_json
+from components.hf_folder import LayoutError, check_part, check_config as check_fields, join, local_copy, put_folder, read_json
 from components.spec import Spec
 
 CONFIG, WEIGHTS = "config.json", "diffusion_pytorch_model.safetensors"
+
+
+class KlVaeTrainSpec(Spec):
+    """How ``zoo train-autoencoder`` fits the VAE on a run's images (Adam, constant lr, the loss below)."""
+
+    steps: int = Field(gt=0)
+    batch_size: int = Field(gt=0)
+    lr: float = Field(gt=0)
+    seed: int = Field(0, ge=0)
 
 
 class KlVaeSpec(Spec):
@@ -37,6 +46,7 @@ class KlVaeSpec(Spec):
     kl_weight: float = Field(1e-6, ge=0, description="weight of the KL term in the autoencoder's training loss")
     init_seed: int = Field(0, ge=0, description="seed of the random initialization when there are no weights")
     weights: str | None = Field(None, description="URL of a diffusers AutoencoderKL folder")
+    train: KlVaeTrainSpec | None = Field(None, description="the recipe of `zoo train-autoencoder`; None: weights come from a folder")
 
     @model_validator(mode="after")
     def _check(self) -> KlVaeSpec:
@@ -69,17 +79,8 @@ class KlVaeSpec(Spec):
 
 def check_config(spec: KlVaeSpec, config: dict, where: str) -> None:
     """A LayoutError naming the file and field where a diffusers config disagrees with the spec."""
-    for key, want in spec.diffusers_config().items():
-        got = config.get(key)
-        if key.endswith("_types") and got is not None:
-            got = tuple(got)
-        if isinstance(want, tuple) and got is not None:
-            got = tuple(got)
-        if got != want and not (key == "scaling_factor" and got is not None and abs(got - want) < 1e-9):
-            raise LayoutError(f"{where}: {key}={got!r} but the spec's autoencoder gives {want!r}")
-    for key in ("shift_factor", "latents_mean", "latents_std"):
-        if config.get(key) is not None:
-            raise LayoutError(f"{where}: {key}={config[key]!r} is not supported by kl_vae")
+    check_fields(config, spec.diffusers_config(), where, "autoencoder",
+                 unsupported=("shift_factor", "latents_mean", "latents_std"), kind="kl_vae")
 
 
 class KlVae(nn.Module):
@@ -137,4 +138,4 @@ def load_vae(spec: KlVaeSpec, url: str) -> nn.Module:
         return AutoencoderKL.from_pretrained(str(local), use_safetensors=True)
 
 
-__all__ = ["KlVae", "KlVaeSpec", "check_config", "load_vae"]
+__all__ = ["KlVae", "KlVaeSpec", "KlVaeTrainSpec", "check_config", "load_vae"]

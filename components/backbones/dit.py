@@ -11,7 +11,12 @@ adaLN-Zero: every modulation Linear and the final Linear start at zero, so each 
 the identity and the network's output as 0. Class-conditional (num_classes + 1 rows, the last
 the null label of classifier-free guidance) or text-conditional: the text condition's last token
 (CLIP's attention is causal, so it has read the whole prompt; the padding is <|endoftext|>),
-projected to D, is added to c (the pooled-text variant of adaLN conditioning).
+projected to D, is added to c (the pooled-text variant of adaLN conditioning); with
+``cross_attention`` every block also attends to all text tokens between its self-attention and its
+MLP, x += CrossAttn(LN(x), text) (PixArt-alpha, Chen et al. 2023, section 2.3), its output
+projection zero-initialized so the block still starts as the identity. The pooled token alone is
+a weak signal for a small random text tower (the phrasing moves it more than the prompted word
+does); the per-token attention reads the word itself.
 The learned-variance half of DiT's output (learn_sigma) is not included: out_channels = C.
 DiT-XL/2: D = 1152, depth 28, 16 heads, p = 2.
 """
@@ -23,6 +28,7 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from pydantic import Field, model_validator
 from timm.layers import Mlp, PatchEmbed
 from timm.models.vision_transformer import Attention
@@ -46,6 +52,7 @@ class DitSpec(Spec):
     mlp_ratio: float = Field(4.0, gt=0)
     num_classes: int | None = Field(None, ge=1, description="class embedding (+1 null row)")
     cross_attention_dim: int | None = Field(None, gt=0, description="width of a text condition (pooled into c)")
+    cross_attention: bool = Field(False, description="every block also cross-attends to the text tokens (PixArt-alpha)")
 
     @model_validator(mode="after")
     def _check(self) -> DitSpec:
@@ -57,6 +64,8 @@ class DitSpec(Spec):
             raise ValueError(f"hidden_size={self.hidden_size} must be divisible by 4 (2D sin-cos positions)")
         if self.num_classes is not None and self.cross_attention_dim is not None:
             raise ValueError("a DiT is class- or text-conditioned: set num_classes or cross_attention_dim, not both")
+        if self.cross_attention and self.cross_attention_dim is None:
+            raise ValueError("cross_attention needs a text condition: set cross_attention_dim")
         return self
 
     def build(self) -> Dit:
@@ -87,18 +96,41 @@ def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
+class CrossAttention(nn.Module):
+    """softmax(Q K^T / sqrt(d_h)) V with Q from LN(x) and K, V from the text tokens, through SDPA."""
+
+    def __init__(self, dim: int, context_dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.q = nn.Linear(dim, dim)
+        self.kv = nn.Linear(context_dim, 2 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, context: Tensor) -> Tensor:
+        b, n, d = x.shape
+        h = self.heads
+        q = self.q(self.norm(x)).reshape(b, n, h, d // h).transpose(1, 2)
+        k, v = self.kv(context.to(x.dtype)).reshape(b, context.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
 class DitBlock(nn.Module):
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None = None):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
+        self.cross = CrossAttention(dim, context_dim, heads) if context_dim else None
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.mlp = Mlp(dim, int(dim * mlp_ratio), act_layer=lambda: nn.GELU(approximate="tanh"))
         self.adaLN_modulation = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
+    def forward(self, x: Tensor, c: Tensor, context: Tensor | None = None) -> Tensor:
         shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = self.adaLN_modulation(c).chunk(6, dim=1)
         x = x + gate_msa[:, None] * self.attn(modulate(self.norm1(x), shift_msa, scale_msa))
+        if self.cross is not None:
+            x = x + self.cross(x, context)
         return x + gate_mlp[:, None] * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
 
 
@@ -124,7 +156,8 @@ class Dit(nn.Module):
         self.y_embedder = nn.Embedding(spec.num_classes + 1, d) if spec.num_classes else None
         self.text_proj = nn.Linear(spec.cross_attention_dim, d) if spec.cross_attention_dim else None
         self.register_buffer("pos_embed", sincos_2d(d, spec.resolution // p), persistent=False)
-        self.blocks = nn.ModuleList(DitBlock(d, spec.num_heads, spec.mlp_ratio) for _ in range(spec.depth))
+        context = spec.cross_attention_dim if spec.cross_attention else None
+        self.blocks = nn.ModuleList(DitBlock(d, spec.num_heads, spec.mlp_ratio, context) for _ in range(spec.depth))
         self.final_layer = FinalLayer(d, p, spec.out_channels)
         self.grad_checkpointing = False
         self._init()
@@ -145,6 +178,8 @@ class Dit(nn.Module):
         for block in [*self.blocks, self.final_layer]:
             nn.init.zeros_(block.adaLN_modulation[-1].weight)
             nn.init.zeros_(block.adaLN_modulation[-1].bias)
+            if getattr(block, "cross", None) is not None:  # cross-attention starts as the identity too
+                nn.init.zeros_(block.cross.proj.weight)
         nn.init.zeros_(self.final_layer.linear.weight)
         nn.init.zeros_(self.final_layer.linear.bias)
 
@@ -172,9 +207,10 @@ class Dit(nn.Module):
     def forward(self, x: Tensor, c_noise: Tensor, cond: dict[str, Tensor] | None = None) -> Tensor:
         c = self.condition(c_noise, cond, x.shape[0])
         h = self.x_embedder(x) + self.pos_embed.to(x.dtype)
+        context = cond["text"] if self.spec.cross_attention else None
         for block in self.blocks:
             if self.grad_checkpointing and self.training:
-                h = checkpoint(block, h, c, use_reentrant=False)
+                h = checkpoint(block, h, c, context, use_reentrant=False)
             else:
-                h = block(h, c)
+                h = block(h, c, context)
         return self.unpatchify(self.final_layer(h, c))

@@ -19,7 +19,7 @@ import torch
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from components.hf_folder import LayoutError, check_part, join, local_copy, read_json
+from components.hf_folder import LayoutError, check_part, check_config as check_fields, join, local_copy, read_json
 from components.spec import Spec
 
 DownBlock = Literal["CrossAttnDownBlock2D", "DownBlock2D"]
@@ -82,17 +82,10 @@ class SdUnetSpec(Spec):
 
 
 def check_config(spec: SdUnetSpec, config: dict, where: str) -> None:
-    """A LayoutError naming the file and field where a UNet config disagrees with the spec."""
-    for key, want in spec.diffusers_config().items():
-        got = config.get(key)
-        got = tuple(got) if isinstance(got, list) else got
-        if key == "sample_size":
-            continue  # diffusers' sample_size is a default, not a constraint: any multiple of 2^(n-1) runs
-        if got != want:
-            raise LayoutError(f"{where}: {key}={got!r} but the spec's backbone gives {want!r}")
-    for key in ("class_embed_type", "addition_embed_type", "encoder_hid_dim"):
-        if config.get(key) is not None:
-            raise LayoutError(f"{where}: {key}={config[key]!r} is not supported by sd_unet")
+    """A LayoutError naming the file and field where a UNet config disagrees with the spec
+    (diffusers' sample_size is a default, not a constraint: any multiple of 2^(n-1) runs)."""
+    check_fields(config, spec.diffusers_config(), where, "backbone", ignore=("sample_size",),
+                 unsupported=("class_embed_type", "addition_embed_type", "encoder_hid_dim"), kind="sd_unet")
 
 
 def load_unet(spec: SdUnetSpec, url: str) -> nn.Module:

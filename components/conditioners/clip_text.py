@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from components.conditioners import digit_captions
 from components.conditioners.clip_tokenizer import build_tokenizer, vocab_size
-from components.hf_folder import LayoutError, check_part, join, local_copy, read_json
+from components.hf_folder import LayoutError, check_part, check_config as check_fields, join, local_copy, read_json
 from components.random import RandomSource
 from components.spec import Spec
 
@@ -73,9 +73,7 @@ class ClipTextSpec(Spec):
 
 def check_config(spec: ClipTextSpec, config: dict, where: str) -> None:
     """A LayoutError naming the file and field where a CLIPTextConfig disagrees with the spec."""
-    for key, want in spec.transformers_config().items():
-        if config.get(key) != want:
-            raise LayoutError(f"{where}: {key}={config.get(key)!r} but the spec's conditioner gives {want!r}")
+    check_fields(config, spec.transformers_config(), where, "conditioner")
 
 
 def load_text_model(spec: ClipTextSpec, url: str) -> nn.Module:
