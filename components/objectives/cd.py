@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import Any, ClassVar, Literal
 
 import torch
-from pydantic import Field, field_validator
+from pydantic import Field
 from torch import Tensor
 
 from components.denoisers.base import Denoiser, bind
@@ -32,6 +32,7 @@ from components.objectives.consistency_common import (
     karras_levels,
     load_teacher_weights,
 )
+from components.objectives.teacher_fields import TeacherRef, TeacherSolver, TeacherWeights
 from components.random import RandomSource
 from components.solvers import SOLVERS
 from components.spec import Spec
@@ -39,9 +40,9 @@ from components.spec import Spec
 
 class CdSpec(Spec):
     kind: Literal["cd"] = "cd"
-    teacher: str | None = Field(None, description="the model reference the loop resolves into the frozen teacher")
-    teacher_weights: str | None = Field(None, description="weights for a catalog-name teacher (never downloaded)")
-    teacher_solver: str = Field("heun", description="Phi: a solver kind with a deterministic one-step form")
+    teacher: TeacherRef = None
+    teacher_weights: TeacherWeights = None
+    teacher_solver: TeacherSolver = Field("heun", description="Phi: a solver kind with a deterministic one-step form")
     levels: int = Field(18, ge=2, description="N, the Karras levels (CM: 18 on CIFAR-10)")
     rho: float = Field(7.0, gt=0)
     mu: float = Field(0.95, ge=0, lt=1, description="EMA rate of the target network (CM: 0.95 on CIFAR-10)")
@@ -49,14 +50,6 @@ class CdSpec(Spec):
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
     init_from_teacher: bool = Field(False, description="start the student from the teacher's weights (CM appendix C)")
     distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
-
-    @field_validator("teacher_solver")
-    @classmethod
-    def _steps(cls, v: str) -> str:
-        spec = SOLVERS.parse(v)
-        if not (spec.has_step and spec.deterministic):
-            raise ValueError(f"teacher_solver {v!r} has no deterministic one-step form")
-        return v
 
     def build(self) -> Cd:
         return Cd(self)

@@ -24,13 +24,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import torch
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, model_validator
 from torch import Tensor
 
 from components.denoisers.base import Denoiser, bind
 from components.noise.base import NoiseProcess
 from components.objectives.base import Objective
 from components.objectives.consistency_common import TargetNetwork, distance
+from components.objectives.teacher_fields import TeacherRef, TeacherSolver, TeacherWeights
 from components.random import RandomSource
 from components.solvers import SOLVERS
 from components.spec import Spec
@@ -55,18 +56,10 @@ class LcmTrainSpec(Spec):
 
 class LcdSpec(LcmTrainSpec):
     kind: Literal["lcd"] = "lcd"
-    teacher: str | None = Field(None, description="the model reference the loop resolves into the frozen teacher")
-    teacher_weights: str | None = Field(None, description="weights for a catalog-name teacher (never downloaded)")
-    teacher_solver: str = Field("ddim", description="Psi: a solver kind with a deterministic one-step form")
+    teacher: TeacherRef = None
+    teacher_weights: TeacherWeights = None
+    teacher_solver: TeacherSolver = Field("ddim", description="Psi: a solver kind with a deterministic one-step form")
     init_from_teacher: bool = Field(True, description="the student starts from the teacher's weights")
-
-    @field_validator("teacher_solver")
-    @classmethod
-    def _steps(cls, v: str) -> str:
-        spec = SOLVERS.parse(v)
-        if not (spec.has_step and spec.deterministic):
-            raise ValueError(f"teacher_solver {v!r} has no deterministic one-step form")
-        return v
 
     def build(self) -> Lcd:
         return Lcd(self)

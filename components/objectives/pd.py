@@ -27,6 +27,7 @@ from components.denoisers.base import Denoiser, bind
 from components.grids.uniform import Uniform
 from components.objectives.base import Objective
 from components.objectives.consistency_common import load_teacher_weights
+from components.objectives.teacher_fields import TeacherRef, TeacherWeights
 from components.random import RandomSource
 from components.solvers.base import row_alpha_sigma
 from components.solvers.ddim import Ddim
@@ -36,8 +37,8 @@ from components.util import bcast
 
 class PdSpec(Spec):
     kind: Literal["pd"] = "pd"
-    teacher: str | None = Field(None, description="the model reference the loop resolves into the frozen teacher")
-    teacher_weights: str | None = Field(None, description="weights for a catalog-name teacher (never downloaded)")
+    teacher: TeacherRef = None
+    teacher_weights: TeacherWeights = None
     steps: int = Field(..., ge=1, description="N, the student's sampling steps after this round (teacher: 2N)")
     distills_into: ClassVar[str] = "teacher"  # the student keeps the teacher's parameterization (zoo.distill)
 
