@@ -44,6 +44,7 @@ def check_quiet(r: subprocess.CompletedProcess, tmp_path: Path, steps: int) -> P
     return run_dir
 
 
+@pytest.mark.slow  # a fresh process importing Ray and torch: ~15 s each
 def test_train_in_a_pipe_prints_one_bar_line_and_logs_ray_to_the_run_folder(tmp_path):
     r = zoo_train(tmp_path, steps=4)
     run_dir = check_quiet(r, tmp_path, 4)
@@ -51,6 +52,7 @@ def test_train_in_a_pipe_prints_one_bar_line_and_logs_ray_to_the_run_folder(tmp_
     assert "local mode" in log, f"Ray Train's local-mode notice should be in ray.log: {log!r}"
 
 
+@pytest.mark.slow  # a fresh process importing Ray and torch: ~15 s each
 def test_verbose_shows_ray_and_writes_no_log_file(tmp_path):
     r = zoo_train(tmp_path, "--verbose", steps=2)
     assert r.returncode == 0, r.stdout + r.stderr
