@@ -30,11 +30,13 @@ def trained_digits(tmp_path_factory, request) -> zoo.Run:
 
 
 @pytest.fixture(scope="session")
-def trained_edm_digits(tmp_path_factory, ray_cluster) -> zoo.Run:
-    """edm-digits exactly as the catalog has it, once per session: the teacher of cd-digits and
-    the reference of ict-digits (tests/test_consistency_quality.py)."""
-    out = tmp_path_factory.mktemp("runs")
-    return zoo.train("edm-digits", output=str(out), progress=False)
+def trained_edm_digits(tmp_path_factory, request) -> zoo.Run:
+    """edm-digits exactly as the catalog has it: the teacher of cd-digits and the reference of
+    ict-digits (tests/test_consistency_quality.py); trained once per spec and code and kept under
+    $ZOO_CACHE (tests/train_cache.py)."""
+    from tests.train_cache import cached_train
+
+    return cached_train(tmp_path_factory, "edm-digits", before=lambda: request.getfixturevalue("ray_cluster"))
 
 
 @pytest.fixture(scope="session")
