@@ -10,7 +10,7 @@ EXTRAS  := ray,s3,hf,lpips,dev
 # The web page test drives Debian's chromium through its chromedriver (never a downloaded browser).
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test test-fast install browser bench clean
+.PHONY: demo test test-fast test-quality install browser bench clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -30,10 +30,15 @@ browser:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not quality"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not quality"
+
+# the CPU-scale quality orderings of the few-step and text-to-image families: each trains its
+# catalog models (about an hour on 2 cores), too long for make test's budget
+test-quality: $(STAMP)
+	$(BIN)/python -m pytest -q -m quality
 
 bench: $(STAMP)
 	@for f in bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

@@ -12,7 +12,7 @@ from components.conditioners import digit_captions
 from zoo.data import digits
 from zoo.metrics.digits_classifier import classifier
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.quality]  # make test-quality (trains catalog models: too long for make test)
 PER_DIGIT = 10  # 100 samples: a rate of 0.4 is 10 standard errors above chance
 
 
