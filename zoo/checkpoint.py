@@ -38,6 +38,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from zoo.errors import CheckpointError
+from zoo.tensorfile import header_metadata
 from zoo.urls import with_protocol
 
 MANIFEST = "manifest.json"
@@ -349,8 +350,7 @@ def _optimizer_blob(sd: dict[str, Any]) -> bytes:
 def _optimizer_from_blob(blob: bytes, where: str) -> dict[str, Any]:
     try:
         tensors = st_load(blob)
-        header_len = int.from_bytes(blob[:8], "little")
-        meta = json.loads(blob[8 : 8 + header_len]).get("__metadata__", {})
+        meta = header_metadata(blob)
         groups = json.loads(meta["param_groups"])
         scalars = json.loads(meta["scalars"])
     except (SafetensorError, KeyError, ValueError) as e:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from zoo.errors import CheckpointError
 from zoo.lora import ADAPTER, attach, host_of, is_adapter_key, merge_adapter
+from zoo.tensorfile import header_metadata, read_blob
 
 WEIGHT_NAME = "pytorch_lora_weights.safetensors"
 METADATA_KEY = "lora_adapter_metadata"  # diffusers' LORA_ADAPTER_METADATA_KEY
@@ -99,15 +100,10 @@ def file_url(url: str) -> str:
 def read(url: str) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
     """(tensors, adapter metadata or None) of an adapter file; errors name the file."""
     url = file_url(url)
-    try:
-        with fsspec.open(url, "rb") as f:
-            blob = f.read()
-    except FileNotFoundError:
-        raise CheckpointError(f"lora={url}: file not found") from None
+    blob = read_blob(url, CheckpointError, f"lora={url}")
     try:
         tensors = st_load(blob)
-        (n,) = struct.unpack("<Q", blob[:8])
-        header = json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
+        header = header_metadata(blob)
     except (SafetensorError, struct.error, ValueError) as e:
         raise CheckpointError(f"lora={url}: not a valid safetensors file ({e})") from None
     meta = header.get(METADATA_KEY)

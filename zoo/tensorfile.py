@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import struct
+
 import fsspec
 from safetensors import SafetensorError
 from safetensors.torch import load as st_load
@@ -10,13 +13,25 @@ from torch import Tensor
 from zoo.errors import DataError, ZooError
 
 
-def read_safetensors(url: str, error: type[ZooError], what: str) -> dict[str, Tensor]:
-    """The tensors of ``url``; ``error(f"{what}: ...")`` when the file is missing or not safetensors."""
+def read_blob(url: str, error: type[ZooError], what: str) -> bytes:
+    """The bytes of ``url``; ``error(f"{what}: file not found")`` when it is missing."""
     try:
         with fsspec.open(url, "rb") as f:
-            blob = f.read()
+            return f.read()
     except FileNotFoundError:
         raise error(f"{what}: file not found") from None
+
+
+def header_metadata(blob: bytes) -> dict[str, str]:
+    """The ``__metadata__`` strings of a safetensors blob's JSON header ({} when it has none);
+    struct.error / ValueError on a malformed header."""
+    (n,) = struct.unpack("<Q", blob[:8])
+    return json.loads(blob[8 : 8 + n]).get("__metadata__") or {}
+
+
+def read_safetensors(url: str, error: type[ZooError], what: str) -> dict[str, Tensor]:
+    """The tensors of ``url``; ``error(f"{what}: ...")`` when the file is missing or not safetensors."""
+    blob = read_blob(url, error, what)
     try:
         return st_load(blob)
     except SafetensorError as e:
