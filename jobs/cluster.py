@@ -11,10 +11,11 @@ import logging
 import math
 import os
 
+from jobs.worker_setup import quiet_without_dashboard
 from zoo.errors import SpecError
 
 
-_embedded = False
+_embedded: dict | None = None  # set when this process started the cluster: {"resize": bool}
 
 # Ray Train parts a one-machine cluster that ends with this process has no use for. Each is an
 # actor, i.e. one more Python process to start (seconds on a loaded 2-core machine):
@@ -26,15 +27,14 @@ EMBEDDED_TRAIN_ENV = {
 
 def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, progress: bool = True) -> str:
     """Join or start a cluster; returns how ('existing', 'address', 'embedded')."""
-    global _embedded
     import ray
 
     check_address(address)
     if ray.is_initialized():
-        if not _embedded:
+        if _embedded is None:
             return "existing"
         have = ray.cluster_resources()
-        if have.get("CPU", 0) >= cpus + 1 and have.get("GPU", 0) >= gpus:
+        if not _embedded["resize"] or (have.get("CPU", 0) >= cpus + 1 and have.get("GPU", 0) >= gpus):
             return "embedded"
         ray.shutdown()  # our own embedded cluster is too small for this run: start a larger one
     address = address or os.environ.get("RAY_ADDRESS")
@@ -45,17 +45,36 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
         else:
             ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=progress)
         return "address"
-    logical = max(os.cpu_count() or 1, math.ceil(cpus) + 1)  # +1: Ray Data's readers and decoders
+    start_embedded(max(os.cpu_count() or 1, math.ceil(cpus) + 1))  # +1: Ray Data's readers and decoders
+    return "embedded"
+
+
+def start_embedded(num_cpus: int, *, resize: bool = True, log_to_driver: bool = True) -> None:
+    """Start the embedded cluster with ``num_cpus`` logical CPUs. ``resize``: a later run that
+    needs more restarts it larger (what zoo.train does); else it keeps its size and a run it
+    cannot place is refused (a test session's shared cluster)."""
+    global _embedded
+    import ray
+
     for key, value in EMBEDDED_TRAIN_ENV.items():  # before Ray Train reads them; the user's own win
         os.environ.setdefault(key, value)
     with loopback_only():
         # every worker's output reaches this process (jobs.ray_log puts it in the run's log file);
         # workers start at nice 0 rather than Ray's 15, and each train worker sets the spec's level
-        ray.init(num_cpus=logical, include_dashboard=False, configure_logging=False, log_to_driver=True,
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver,
                  _node_ip_address=LOOPBACK, _system_config={"worker_niceness": 0},
                  runtime_env={"worker_process_setup_hook": quiet_without_dashboard})
-    _embedded = True
-    return "embedded"
+    _embedded = {"resize": resize}
+
+
+def shutdown() -> None:
+    """End the embedded cluster this process started (a no-op for one it joined)."""
+    global _embedded
+    import ray
+
+    if _embedded is not None:
+        ray.shutdown()
+        _embedded = None
 
 
 LOOPBACK = "127.0.0.1"
@@ -83,13 +102,6 @@ def loopback_only():
             os.environ.pop(LOCAL_ONLY_ENV, None)
         else:
             os.environ[LOCAL_ONLY_ENV] = before_env
-
-
-def quiet_without_dashboard() -> None:
-    """Worker set-up of the embedded cluster. It has no dashboard, hence no State API, so Ray
-    Train's placement-group cleaner (which watches the controller through that API) would warn
-    every second that it cannot; the cluster ends with this process, so it has nothing to clean."""
-    logging.getLogger("ray.train.v2._internal.execution.controller.placement_group_cleaner").setLevel(logging.ERROR)
 
 
 def check_address(address: str | None, name: str = "address") -> None:

@@ -56,7 +56,7 @@ def _fit(run: RunSpec, run_dir: str, resume_from: str | None, checked, *, addres
     tr = run.train
     local_mode = tr.workers == 0
     streamed = data_sources.kind(tr.data) == "shards"
-    datasets, counter = {}, None
+    datasets, counter, how = {}, None, None
     if not local_mode or streamed:
         cpus, gpus = tr.workers * tr.cpus_per_worker, tr.workers * tr.gpus_per_worker
         how = cluster.ensure(address, cpus=cpus, gpus=gpus, progress=progress)
@@ -81,7 +81,7 @@ def _fit(run: RunSpec, run_dir: str, resume_from: str | None, checked, *, addres
     os.environ.setdefault(HEALTH_CHECK_ENV, "0.5")  # the controller's poll: reports wait for it
     if local_mode:  # local mode logs every report at INFO; metrics.jsonl has them
         logging.getLogger("ray.train.v2._internal.execution.train_fn_utils").setLevel(logging.WARNING)
-    trainer = TorchTrainer(
+    trainer = trimmed(TorchTrainer, embedded=how == "embedded", datasets=bool(datasets))(
         worker_entry,
         train_loop_config=config,
         torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
@@ -197,6 +197,31 @@ def _drop_stale_ray_record(run_dir: str) -> None:
         warnings.warn(f"{run_dir}: Ray Train's record names checkpoints that are missing or incomplete "
                       f"({', '.join(gone)}); resuming from the newest complete checkpoint on storage", stacklevel=3)
         fs.rm(path)
+
+
+def trimmed(trainer_cls, *, embedded: bool, datasets: bool):
+    """``trainer_cls`` without the Ray Train parts a run has no use for. Each is an actor, i.e.
+    one more Python process per run (about 1.5 s of CPU each, and on 2 cores they start while
+    the workers do; measured in bench/ray_train_overhead.py):
+
+    - the placement-group cleaner, on the embedded cluster: it watches the controller through
+      the State API, which a cluster without a dashboard does not have, and the cluster ends
+      with this process, placement groups included;
+    - the dataset manager, for a run without Ray Data datasets (it is started for none too).
+    """
+    from ray.train.v2._internal.callbacks import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
+
+    drop = ((PlacementGroupCleanerCallback,) if embedded else ()) + (() if datasets else (DatasetsCallback,))
+    if not drop:
+        return trainer_cls
+
+    class Trimmed(trainer_cls):
+        def _create_default_callbacks(self):
+            return [c for c in super()._create_default_callbacks() if not isinstance(c, drop)]
+
+    Trimmed.__name__ = Trimmed.__qualname__ = trainer_cls.__name__
+    return Trimmed
 
 
 def _data_config():

@@ -153,16 +153,20 @@ def s3_server():
 
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
-    """One embedded local Ray cluster for the session (4 logical CPUs on 2 cores, so Ray Data
-    has CPUs beside the train workers; no dashboard). Started after the S3 server so its
-    workers inherit the endpoint; shut down at the end if this fixture started it."""
+    """One embedded local Ray cluster for the session, the one zoo.train starts (loopback only, no
+    dashboard, Ray Train's trimmed parts: jobs/cluster.py), at a fixed 4 logical CPUs on 2
+    cores, so Ray Data has CPUs beside the train workers and a run it cannot place is refused
+    rather than restarting it. Started after the S3 server so its workers inherit the endpoint;
+    shut down at the end if this fixture started it."""
     ray = pytest.importorskip("ray")
+    from jobs import cluster
+
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        cluster.start_embedded(4, resize=False, log_to_driver=False)
     yield ray
     if started:
-        ray.shutdown()
+        cluster.shutdown()
 
 
 @pytest.fixture()

@@ -8,11 +8,12 @@ import math
 import fsspec
 from PIL import Image
 from torch import Tensor
-from torchvision.utils import make_grid
 
 
 def grid_image(images: Tensor, nrow: int | None = None, scale: int = 1) -> Image.Image:
     """images (N, C, H, W) in [0, 1] -> one PIL image, nearest-neighbour upscaled ``scale`` times."""
+    from torchvision.utils import make_grid  # here: torchvision imports torch._dynamo (seconds per process)
+
     nrow = nrow or max(1, math.ceil(math.sqrt(len(images))))
     g = make_grid(images.detach().float().cpu().clamp(0, 1), nrow=nrow, padding=1, pad_value=1.0)
     arr = (g * 255).round().byte().permute(1, 2, 0).numpy()

@@ -30,8 +30,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
-from timm.layers import Mlp, PatchEmbed
-from timm.models.vision_transformer import Attention
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -118,6 +116,11 @@ class CrossAttention(nn.Module):
 
 class DitBlock(nn.Module):
     def __init__(self, dim: int, heads: int, mlp_ratio: float, context_dim: int | None = None):
+        # timm when a DiT is built, not when the catalog's specs load: importing timm pulls in
+        # torchvision and torch._dynamo (about 5 s of CPU in every Ray worker and CLI process)
+        from timm.layers import Mlp
+        from timm.models.vision_transformer import Attention
+
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads=heads, qkv_bias=True)
@@ -148,6 +151,8 @@ class FinalLayer(nn.Module):
 
 class Dit(nn.Module):
     def __init__(self, spec: DitSpec):
+        from timm.layers import PatchEmbed  # see DitBlock
+
         super().__init__()
         self.spec = spec
         d, p = spec.hidden_size, spec.patch_size

@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import torch
 from pydantic import Field
-from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from components.denoisers.base import Denoiser
@@ -38,6 +37,8 @@ class FlowMatchingSpec(Spec):
 
 def ot_pairing(x0: Tensor, eps: Tensor) -> Tensor:
     """The permutation p minimizing sum_i ||x0_i - eps_p(i)||^2 (exact minibatch OT)."""
+    from scipy.optimize import linear_sum_assignment  # here: importing scipy.optimize costs every process 0.5 s
+
     cost = torch.cdist(x0.flatten(1).double(), eps.flatten(1).double()).pow(2)
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     return torch.as_tensor(cols[rows.argsort()], device=x0.device)
