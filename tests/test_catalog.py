@@ -79,18 +79,35 @@ def reduced(name: str) -> dict:
     return out
 
 
+#: Entries above this many parameters train their step at width 32 (CIFAR-size UNets of 35-56M:
+#: seconds per build and step on a CPU): the same levels, attention and wiring, fewer channels.
+NARROW_ABOVE = 20e6
+NARROW = {"unet": {"backbone.channels": 32}}
+
+
+def narrow(name: str) -> dict:
+    return NARROW.get(zoo.get(name).model.backbone.kind, {})
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_entry_builds_and_trains_a_step(name, request):
     run = zoo.get(name)
+    overrides = {}
     if getattr(getattr(run.train.objective, "distance", None), "kind", None) == "lpips":  # weights by path: tiny random ones
         w = request.getfixturevalue("lpips_weights")(run.train.objective.distance.net)
-        run = zoo.get(name, **{"distance.weights": w["weights"], "distance.backbone": w["backbone"], "distance.resize": 32})
+        overrides = {"distance.weights": w["weights"], "distance.backbone": w["backbone"], "distance.resize": 32}
     torch.manual_seed(0)
+    with torch.device("meta"):  # the full size exists, on no memory
+        params = sum(p.numel() for p in zoo.build(name).denoiser.parameters())
+    shrink = {}
     if paper_scale(run):
-        with torch.device("meta"):
-            full = zoo.build(name)
-        assert sum(p.numel() for p in full.denoiser.parameters()) > 50e6  # full size exists, on no memory
-        run = zoo.get(name, **reduced(name))
+        assert params > 50e6
+        shrink = reduced(name)
+    elif params > NARROW_ABOVE:
+        shrink = narrow(name)
+        assert shrink, f"{name}: {params / 1e6:.0f}M parameters and no narrow width for its backbone in NARROW"
+    run = zoo.get(name, **overrides, **shrink)
+    if paper_scale(zoo.get(name)):
         assert run.model.image.size < zoo.get(name).model.image.size
     model = zoo.build(run)
     c, size, _ = model.latent_shape
@@ -105,8 +122,11 @@ def test_entry_builds_and_trains_a_step(name, request):
     objective = run.train.objective.build()
     if hasattr(objective, "attach"):  # distillation: an untrained teacher of the named entry, reduced alike
         teacher = getattr(run.train.objective, "teacher", None)
-        shrink = reduced(teacher) if teacher and paper_scale(zoo.get(name)) else {}
-        teacher = zoo.build(zoo.get(teacher, **shrink)).denoiser if teacher else None
+        if teacher:  # shrunk as the student is
+            shrink = reduced(teacher) if paper_scale(zoo.get(name)) else (narrow(teacher) if shrink else {})
+            teacher = zoo.build(zoo.get(teacher, **shrink)).denoiser
+        else:
+            teacher = None
         objective.attach(model.denoiser, teacher, run.train.steps)
         if hasattr(objective, "attach_conditioner"):
             objective.attach_conditioner(model.conditioner)
