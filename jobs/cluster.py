@@ -6,23 +6,11 @@ beside the train workers even on a 2-core machine, so nothing waits forever for 
 
 from __future__ import annotations
 
-import contextlib
-import logging
 import math
 import os
 
-from jobs.worker_setup import quiet_without_dashboard
+from zoo import local_cluster
 from zoo.errors import SpecError
-
-
-_embedded: dict | None = None  # set when this process started the cluster: {"resize": bool}
-
-# Ray Train parts a one-machine cluster that ends with this process has no use for. Each is an
-# actor, i.e. one more Python process to start (seconds on a loaded 2-core machine):
-EMBEDDED_TRAIN_ENV = {
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",  # watches cloud nodes for preemption notices
-    "RAY_TRAIN_METRICS_ENABLED": "0",  # Prometheus metrics for a dashboard the cluster does not run
-}
 
 
 def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, progress: bool = True) -> str:
@@ -31,12 +19,13 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
 
     check_address(address)
     if ray.is_initialized():
-        if _embedded is None:
+        ours = local_cluster.started_here()
+        if ours is None:
             return "existing"
         have = ray.cluster_resources()
-        if not _embedded["resize"] or (have.get("CPU", 0) >= cpus + 1 and have.get("GPU", 0) >= gpus):
+        if not ours["resize"] or (have.get("CPU", 0) >= cpus + 1 and have.get("GPU", 0) >= gpus):
             return "embedded"
-        ray.shutdown()  # our own embedded cluster is too small for this run: start a larger one
+        local_cluster.shutdown()  # our own embedded cluster is too small for this run: start a larger one
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         check_address(address, "RAY_ADDRESS")
@@ -45,63 +34,8 @@ def ensure(address: str | None = None, *, cpus: float = 1.0, gpus: float = 0.0, 
         else:
             ray.init(address=address, runtime_env=code_runtime_env(), log_to_driver=progress)
         return "address"
-    start_embedded(max(os.cpu_count() or 1, math.ceil(cpus) + 1))  # +1: Ray Data's readers and decoders
+    local_cluster.start(max(os.cpu_count() or 1, math.ceil(cpus) + 1))  # +1: Ray Data's readers and decoders
     return "embedded"
-
-
-def start_embedded(num_cpus: int, *, resize: bool = True, log_to_driver: bool = True) -> None:
-    """Start the embedded cluster with ``num_cpus`` logical CPUs. ``resize``: a later run that
-    needs more restarts it larger (what zoo.train does); else it keeps its size and a run it
-    cannot place is refused (a test session's shared cluster)."""
-    global _embedded
-    import ray
-
-    for key, value in EMBEDDED_TRAIN_ENV.items():  # before Ray Train reads them; the user's own win
-        os.environ.setdefault(key, value)
-    with loopback_only():
-        # every worker's output reaches this process (jobs.ray_log puts it in the run's log file);
-        # workers start at nice 0 rather than Ray's 15, and each train worker sets the spec's level
-        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver,
-                 _node_ip_address=LOOPBACK, _system_config={"worker_niceness": 0},
-                 runtime_env={"worker_process_setup_hook": quiet_without_dashboard})
-    _embedded = {"resize": resize}
-
-
-def shutdown() -> None:
-    """End the embedded cluster this process started (a no-op for one it joined)."""
-    global _embedded
-    import ray
-
-    if _embedded is not None:
-        ray.shutdown()
-        _embedded = None
-
-
-LOOPBACK = "127.0.0.1"
-# Ray 2.60 binds its servers (GCS, raylet, object manager, core workers, agents) to the node's IP.
-# That IP is what services.get_node_ip_address() returns, which is the loopback address only
-# when this switch is off (Ray's own setting for clusters that never leave one machine, the
-# default on macOS and Windows); ``_node_ip_address="127.0.0.1"`` alone is turned back into the
-# machine's routable IP. The switch is read at import (by this process) and from the
-# environment (by the processes ray.init starts), so both are set while the cluster starts, and
-# restored after: a later cluster joined by address must see this machine's real IP.
-LOCAL_ONLY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
-@contextlib.contextmanager
-def loopback_only():
-    from ray._private import ray_constants
-
-    before_env, before = os.environ.get(LOCAL_ONLY_ENV), ray_constants.ENABLE_RAY_CLUSTER
-    os.environ[LOCAL_ONLY_ENV], ray_constants.ENABLE_RAY_CLUSTER = "0", False
-    try:
-        yield
-    finally:
-        ray_constants.ENABLE_RAY_CLUSTER = before
-        if before_env is None:
-            os.environ.pop(LOCAL_ONLY_ENV, None)
-        else:
-            os.environ[LOCAL_ONLY_ENV] = before_env
 
 
 def check_address(address: str | None, name: str = "address") -> None:

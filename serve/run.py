@@ -11,12 +11,14 @@ already running keeps its own host and port, and ``served.url`` says which).
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass
 from typing import Any
 
 from serve.options import ModelOptions, ServeOptions
+from zoo import local_cluster
 from zoo.model import Model
 
 # keyword arguments of zoo.serve that are ModelOptions fields, applied to every model given
@@ -117,7 +119,9 @@ def serve(*models: Any, host: str | None = None, port: int | None = None, addres
         if address:
             ray.init(address=address, configure_logging=False)
         else:
-            ray.init(include_dashboard=False, configure_logging=False, log_to_driver=False)
+            # the embedded cluster, on loopback; Serve applications live in it, so a later zoo.train
+            # in this process that needs more CPUs is refused instead of restarting it
+            local_cluster.start(os.cpu_count() or 1, resize=False, log_to_driver=False)
     elif address:
         warnings.warn(f"this process is already connected to a Ray cluster; address={address!r} is ignored", stacklevel=2)
     running = _http_options()

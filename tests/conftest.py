@@ -154,19 +154,19 @@ def s3_server():
 @pytest.fixture(scope="session")
 def ray_cluster(s3_server):
     """One embedded local Ray cluster for the session, the one zoo.train starts (loopback only, no
-    dashboard, Ray Train's trimmed parts: jobs/cluster.py), at a fixed 4 logical CPUs on 2
+    dashboard: zoo/local_cluster.py; Ray Train's trimmed parts: jobs/ray_train.py), at a fixed 4 logical CPUs on 2
     cores, so Ray Data has CPUs beside the train workers and a run it cannot place is refused
     rather than restarting it. Started after the S3 server so its workers inherit the endpoint;
     shut down at the end if this fixture started it."""
     ray = pytest.importorskip("ray")
-    from jobs import cluster
+    from zoo import local_cluster
 
     started = not ray.is_initialized()
     if started:
-        cluster.start_embedded(4, resize=False, log_to_driver=False)
+        local_cluster.start(4, resize=False, log_to_driver=False)
     yield ray
     if started:
-        cluster.shutdown()
+        local_cluster.shutdown()
 
 
 @pytest.fixture()

@@ -147,3 +147,41 @@ def listening(pids: list[int]) -> list[dict]:
                 ip = str(ipaddress.IPv4Address(raw[::-1]))
             found.append({"pid": owner[cols[9]], "ip": ip, "port": int(hex_port, 16)})
     return found
+
+
+def test_every_cluster_the_zoo_starts_is_the_loopback_one(monkeypatch):
+    """zoo.train (above), zoo.serve and zoo.evaluate(workers=N) start a cluster of their own
+    through zoo.local_cluster.start, whose ports the test above finds on loopback only; every
+    other ray.init in the package joins an address."""
+    import ast
+
+    import ray
+
+    from zoo import local_cluster
+
+    calls = []
+    for pkg in ("components", "zoo", "jobs", "serve"):
+        for path in (ROOT / pkg).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Call) and ast.unparse(node.func) == "ray.init":
+                    calls.append((str(path.relative_to(ROOT)), {k.arg for k in node.keywords}))
+    own = [path for path, kw in calls if "address" not in kw]
+    assert own == ["zoo/local_cluster.py"], calls
+
+    class Started(Exception):
+        pass
+
+    def start(num_cpus, **kw):
+        raise Started(num_cpus, kw)
+
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(local_cluster, "start", start)
+    from serve.run import serve
+    from zoo.evaluation.sampling import _run_ray
+
+    import zoo
+
+    with pytest.raises(Started):
+        serve(zoo.build(zoo.get("ddpm-digits", **tiny_overrides())))
+    with pytest.raises(Started):
+        next(_run_ray([], [], 2, None))

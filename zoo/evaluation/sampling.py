@@ -4,7 +4,8 @@ on how the seeds are split over workers, and every solver and NFE sees the same 
 Class-conditional models are label-sampled with balanced labels ``i % num_classes``.
 
 In-process by default; with ``workers > 1`` the seeds of each job are split into shards that
-run as Ray tasks (an embedded local Ray is started when none is running, and stopped after).
+run as Ray tasks (the embedded cluster, zoo/local_cluster.py, is started when none is running,
+and stopped after).
 Samples come back as uint8 images, as the detectors take them.
 """
 
@@ -19,6 +20,7 @@ import torch
 from pydantic import BaseModel
 from tqdm.auto import tqdm
 
+from zoo import local_cluster
 from zoo.metrics.detectors import to_uint8
 from zoo.model import Model
 
@@ -93,7 +95,7 @@ def _run_ray(models: list[Model], jobs: list[Job], workers: int, bar) -> Iterato
 
     started = not ray.is_initialized()
     if started:
-        ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        local_cluster.start(workers, resize=False, log_to_driver=False)  # on loopback, ended below
     try:
         gpu = 1 if next(models[0].parameters()).is_cuda else 0
         remote = ray.remote(num_cpus=1, num_gpus=gpu)(_draw_task)
@@ -124,7 +126,7 @@ def _run_ray(models: list[Model], jobs: list[Job], workers: int, bar) -> Iterato
                 emitted += 1
     finally:
         if started:
-            ray.shutdown()
+            local_cluster.shutdown()
 
 
 def _draw_task(model: Model, job: Job) -> Drawn:
