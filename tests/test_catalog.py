@@ -91,7 +91,8 @@ def narrow(name: str) -> dict:
 
 @pytest.mark.parametrize("name", NAMES)
 def test_entry_builds_and_trains_a_step(name, request):
-    run = zoo.get(name)
+    run = entry = zoo.get(name)
+    big = paper_scale(entry)
     overrides = {}
     if getattr(getattr(run.train.objective, "distance", None), "kind", None) == "lpips":  # weights by path: tiny random ones
         w = request.getfixturevalue("lpips_weights")(run.train.objective.distance.net)
@@ -100,15 +101,15 @@ def test_entry_builds_and_trains_a_step(name, request):
     with torch.device("meta"):  # the full size exists, on no memory
         params = sum(p.numel() for p in zoo.build(name).denoiser.parameters())
     shrink = {}
-    if paper_scale(run):
+    if big:
         assert params > 50e6
         shrink = reduced(name)
     elif params > NARROW_ABOVE:
         shrink = narrow(name)
         assert shrink, f"{name}: {params / 1e6:.0f}M parameters and no narrow width for its backbone in NARROW"
     run = zoo.get(name, **overrides, **shrink)
-    if paper_scale(zoo.get(name)):
-        assert run.model.image.size < zoo.get(name).model.image.size
+    if big:
+        assert run.model.image.size < entry.model.image.size
     model = zoo.build(run)
     c, size, _ = model.latent_shape
     images = torch.rand(2, run.model.image.channels, run.model.image.size, run.model.image.size) * 2 - 1
@@ -123,10 +124,8 @@ def test_entry_builds_and_trains_a_step(name, request):
     if hasattr(objective, "attach"):  # distillation: an untrained teacher of the named entry, reduced alike
         teacher = getattr(run.train.objective, "teacher", None)
         if teacher:  # shrunk as the student is
-            shrink = reduced(teacher) if paper_scale(zoo.get(name)) else (narrow(teacher) if shrink else {})
-            teacher = zoo.build(zoo.get(teacher, **shrink)).denoiser
-        else:
-            teacher = None
+            teacher_shrink = reduced(teacher) if big else (narrow(teacher) if shrink else {})
+            teacher = zoo.build(zoo.get(teacher, **teacher_shrink)).denoiser
         objective.attach(model.denoiser, teacher, run.train.steps)
         if hasattr(objective, "attach_conditioner"):
             objective.attach_conditioner(model.conditioner)
