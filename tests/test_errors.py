@@ -72,3 +72,13 @@ def test_guidance_on_unconditional_model_is_refused():
         model.sample(2, steps=2, guidance=2.0)
     with pytest.raises(ValueError, match="unconditional"):
         model.sample(2, steps=2, labels=3)
+
+
+def test_build_takes_a_name_a_run_spec_or_a_model_spec_and_says_what_else():
+    run = zoo.get("ddpm-digits")
+    assert zoo.build(run, **{"backbone.channels": 16}).spec.backbone.channels == 16  # overrides apply to a RunSpec
+    assert zoo.build(run.model).spec == run.model
+    with pytest.raises(zoo.SpecError, match="overrides \\['steps'\\] apply to catalog names and RunSpecs"):
+        zoo.build(run.model, steps=3)
+    with pytest.raises(zoo.SpecError, match="takes a catalog name, a RunSpec or a ModelSpec, not dict"):
+        zoo.build({"name": "ddpm-digits"})

@@ -9,13 +9,25 @@ import torch
 from zoo import catalog
 from zoo.model import Model
 from zoo.resolve import load_diffusers, load_model  # noqa: F401  (zoo.loading.load_diffusers, as before)
-from zoo.specs import RunSpec
+from zoo.errors import SpecError
+from zoo.specs import ModelSpec, RunSpec
 from zoo.weights import fit_weights, load_weights  # noqa: F401  (zoo.loading.load_weights, as before)
 
 
-def build(name: str | RunSpec, **overrides: Any) -> Model:
-    """An untrained model of a catalog entry (random weights), e.g. as a baseline."""
-    run = name if isinstance(name, RunSpec) else catalog.get(name, **overrides)
+def build(name: str | RunSpec | ModelSpec, **overrides: Any) -> Model:
+    """An untrained model (random weights) of a catalog entry, a RunSpec or a ModelSpec, e.g. as a
+    baseline; overrides apply to the first two (a ModelSpec is edited with ``model_copy``)."""
+    if isinstance(name, ModelSpec):
+        if overrides:
+            raise SpecError(f"zoo.build(ModelSpec, ...): overrides {sorted(overrides)} apply to catalog names and "
+                            "RunSpecs; edit a ModelSpec with spec.model_copy(update=...)")
+        return Model(name)
+    if isinstance(name, RunSpec):
+        run = catalog.apply_overrides(name, overrides)
+    elif isinstance(name, str):
+        run = catalog.get(name, **overrides)
+    else:
+        raise SpecError(f"zoo.build takes a catalog name, a RunSpec or a ModelSpec, not {type(name).__name__}")
     return Model(run.model, run.name)
 
 
