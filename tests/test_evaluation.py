@@ -13,6 +13,7 @@ import torch
 from typer.testing import CliRunner
 
 import zoo
+from components.conditioners import digit_captions
 from components.denoisers.base import DenoiseFn
 from components.solvers.base import at
 from components.spec import Spec
@@ -163,6 +164,28 @@ def test_conditional_models_are_label_sampled_and_scored():
     assert ev.rows() == [("ddpm-digits#1", "ddim"), ("ddpm-digits#2", "ddim")]  # same name, told apart
     with pytest.raises(zoo.SpecError, match="ddpm-digits#2 is unconditional"):
         zoo.evaluate([model, uncond], metric="digits_fid", nfe=[2], n=20, guidance=1.0, progress=False)
+
+
+def test_captioned_text_models_are_prompted_with_the_captions_and_scored():
+    """A text model whose conditioner makes captions from labels (ldm-tiny, lcm-tiny) is sampled
+    with the caption of digit i % 10 for sample i, and digits_accuracy scores the prompted digit."""
+    model = zoo.build("dit-tiny", **{"backbone.depth": 1, "backbone.hidden_size": 16, "backbone.num_heads": 2})
+    torch.manual_seed(0)
+    with torch.no_grad():  # adaLN-Zero starts at a zero output whatever the prompt: move it off zero
+        for p in model.denoiser.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    ev = zoo.evaluate(model, metric="digits_accuracy", nfe=[2], n=20, guidance=1.0, progress=False)
+    seeds = list(range(20))
+    prompts = [digit_captions.caption(i % 10) for i in seeds]
+    x = model.sample(20, steps=2, guidance=1.0, seed=seeds, prompt=prompts)
+    hits = digits_net((x.clamp(0, 1) * 255).round().to(torch.uint8))[1].argmax(1) == np.arange(20) % 10
+    assert ev.records[0]["digits_accuracy"] == pytest.approx(hits.mean(), abs=1e-12)
+    other = model.sample(20, steps=2, guidance=1.0, seed=seeds, prompt=[digit_captions.caption((i + 1) % 10) for i in seeds])
+    assert not torch.equal(x, other), "the prompts reach the samples"
+    uncaptioned = zoo.build("dit-tiny", **{"backbone.depth": 1, "backbone.hidden_size": 16, "backbone.num_heads": 2,
+                                           "conditioner.captions": None})
+    ev = zoo.evaluate(uncaptioned, metric="digits_accuracy", nfe=[2], n=20, progress=False)
+    assert ev.records[0]["digits_accuracy"] is None  # no prompts of its own: sampled with the null prompt
 
 
 def test_errors_name_the_culprit(monkeypatch):

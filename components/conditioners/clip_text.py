@@ -181,3 +181,16 @@ class ClipText(nn.Module):
 
     def null(self, n: int) -> dict[str, Tensor]:
         return {"text": self.encode([""]).expand(n, -1, -1)}
+
+    @property
+    def caption_classes(self) -> int | None:
+        """How many classes the captions name (``captions``), or None: a model without them has
+        no prompts of its own to be evaluated with."""
+        return len(digit_captions.NAMES) if self.spec.captions == "digits" else None
+
+    def captions_for(self, labels: Sequence[int]) -> list[str]:
+        """The prompts that name these classes (the first phrasing: "a handwritten digit seven"),
+        which evaluation samples a captioned model with and scores digits_accuracy against."""
+        if self.spec.captions != "digits":
+            raise ValueError("conditioner.captions is not set: this model has no prompts made from class labels")
+        return [digit_captions.caption(int(y)) for y in labels]

@@ -1,7 +1,11 @@
 """Drawing the evaluation samples: one job per (model, solver, steps), each sample i drawn from
 its own seed ``seed + i`` (EDM's convention), so the images do not depend on the batch size or
 on how the seeds are split over workers, and every solver and NFE sees the same initial noise.
-Class-conditional models are label-sampled with balanced labels ``i % num_classes``.
+Class-conditional models are label-sampled with balanced labels ``i % num_classes``; text models
+whose conditioner makes captions from labels (``captions: digits``) are prompted the same way,
+sample i with the caption of class ``i % 10`` ("a handwritten digit seven"), so digits_accuracy
+is the rate at which the classifier agrees with the prompt. Other text models sample with the
+null (empty) prompt.
 
 In-process by default; with ``workers > 1`` the seeds of each job are split into shards that
 run as Ray tasks (the embedded cluster, zoo/local_cluster.py, is started when none is running,
@@ -48,8 +52,18 @@ class Drawn:
 
 
 def labels_for(model: Model, seeds: Sequence[int], first: int) -> list[int] | None:
-    k = getattr(model.conditioner, "num_classes", None)
+    """Balanced classes: a class-conditional model's labels, or the classes a captioned text model's prompts name."""
+    k = getattr(model.conditioner, "num_classes", None) or getattr(model.conditioner, "caption_classes", None)
     return None if k is None else [(first + i) % k for i in range(len(seeds))]
+
+
+def condition(model: Model, labels: list[int] | None) -> dict[str, Any]:
+    """model.sample's keyword for these classes: labels=, or prompt= naming them for a text model."""
+    if labels is None:
+        return {}
+    if model.conditioner.spec.takes == "prompt":
+        return {"prompt": model.conditioner.captions_for(labels)}
+    return {"labels": labels}
 
 
 def draw(model: Model, job: Job, on_batch=None) -> Drawn:
@@ -63,7 +77,7 @@ def draw(model: Model, job: Job, on_batch=None) -> Drawn:
             seeds = job.seeds[i : i + job.batch]
             labels = job.labels[i : i + job.batch] if job.labels is not None else None
             x = model.sample(len(seeds), steps=job.steps, solver=job.solver, grid=job.grid,
-                             guidance=job.guidance, seed=seeds, labels=labels)
+                             guidance=job.guidance, seed=seeds, **condition(model, labels))
             out.append(to_uint8(x))
             nfes.add(calls[0])
             if on_batch is not None:

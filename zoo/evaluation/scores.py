@@ -6,7 +6,7 @@
 | ``fid`` / ``digits_fid`` | Frechet distance of features to the reference statistics | lower |
 | ``is`` / ``digits_is`` | Inception Score (10 splits) of the detector's class probabilities | higher |
 | ``precision`` / ``recall`` (``digits_``...) | improved precision / recall, k = 3 | higher |
-| ``digits_accuracy`` | how often the classifier finds the requested label (class-conditional models) | higher |
+| ``digits_accuracy`` | how often the classifier finds the requested label (class-conditional models) or the prompted digit (captioned text models) | higher |
 """
 
 from __future__ import annotations
