@@ -12,7 +12,9 @@ distils this teacher with that objective (its ``objective.teacher`` names the te
 for an objective without a teacher such as ict, it has the teacher's backbone, process and data),
 else one derived from the teacher's own recipe; the pinned teacher is written into it
 (``objective.teacher``; ``model.weights`` for an objective that takes no teacher, so the student
-starts from the teacher's weights), then ``overrides`` apply. It trains with ``zoo.train``
+starts from the teacher's weights), then ``overrides`` apply. A latent student whose autoencoder
+has no weights decodes with its teacher's when the two are the same architecture (lcm-tiny from
+an ldm-tiny run: the run's fitted KL-VAE), as LCD students share their teacher's VAE. It trains with ``zoo.train``
 (Ray Train, resumable) and serves with ``zoo.serve`` like any run.
 
 Progressive distillation chains rounds (Salimans & Ho 2022, Algorithm 2): with ``rounds=R`` and
@@ -57,7 +59,7 @@ def distill(
         raise SpecError(f"rounds={rounds!r}: a positive number of progressive-distillation rounds")
     local = isinstance(teacher, str) and not is_catalog_name(teacher)
     r = resolve(local_absolute(teacher) if local else teacher, weights=weights)  # Ray workers run elsewhere
-    final = student_spec(r, into, overrides)
+    final = with_teacher_autoencoder(student_spec(r, into, overrides), r)
     if rounds > 1 and "steps" not in type(final.train.objective).model_fields:
         raise SpecError(f"rounds={rounds}: {final.train.objective.kind} has no step count to halve per round; "
                         "chained rounds are progressive distillation (into='pd')")
@@ -114,6 +116,18 @@ def student_spec(r: Resolved, into: str, overrides: dict[str, Any]) -> RunSpec:
     return catalog.apply_overrides(entry, overrides)
 
 
+def with_teacher_autoencoder(spec: RunSpec, r: Resolved) -> RunSpec:
+    """The student with the teacher's autoencoder weights, when it has none of its own and the
+    architectures agree (every field but weights and the fitting recipe)."""
+    mine, theirs = spec.model.autoencoder, r.spec.autoencoder
+    if getattr(mine, "weights", True) is not None or getattr(theirs, "weights", None) is None:
+        return spec
+    same = {"weights", "train"}
+    if mine.model_dump(exclude=same & set(type(mine).model_fields)) != theirs.model_dump(exclude=same & set(type(theirs).model_fields)):
+        return spec
+    return catalog.apply_overrides(spec, {"autoencoder.weights": theirs.weights})
+
+
 def matching_entry(into: str, r: Resolved, entries: dict[str, RunSpec]) -> RunSpec | None:
     """The catalog entry distilling this teacher with ``into``: its objective names the teacher's
     entry, or (objectives without a teacher) it shares the teacher's backbone, process and data."""
@@ -141,6 +155,18 @@ def derived_entry(into: str, r: Resolved) -> RunSpec:
         sigma_data = model["denoiser"].get("sigma_data", 0.5)
         model["denoiser"] = {"kind": "consistency", "sigma_data": sigma_data}
         model["sampling"].update(solver={"kind": "consistency"}, grid={"kind": "karras"}, steps=1)
+    if cls.distills_into == "lcm":  # LCM: the teacher's prediction under the released boundary scalings, w as an input
+        if model["denoiser"]["kind"] not in ("eps", "v", "x0"):
+            raise SpecError(f"cannot derive an LCM student from {r.ref!r}: its parameterization "
+                            f"{model['denoiser']['kind']!r} is not eps, v or x0 prediction")
+        model["denoiser"] = {"kind": "lcm", "prediction": model["denoiser"]["kind"]}
+        if "time_cond_proj_dim" not in model["backbone"]:
+            raise SpecError(f"cannot derive an LCM student from {r.ref!r}: its {model['backbone']['kind']} backbone "
+                            "has no guidance-scale embedding (time_cond_proj_dim)")
+        model["backbone"]["time_cond_proj_dim"] = model["backbone"]["time_cond_proj_dim"] or 256
+        model["sampling"].update(solver={"kind": "lcm"}, grid={"kind": "leading", "offset": 1}, steps=4)
+        if "drop_prob" in model["conditioner"]:  # LCD feeds the condition always; w does the guiding
+            model["conditioner"]["drop_prob"] = 0.0
     if "steps" in cls.model_fields:
         steps = max(1, model["sampling"]["steps"] // 2)
         objective["steps"] = steps

@@ -5,11 +5,13 @@ and its spec round-trips like any run."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 import zoo
 from components.objectives import OBJECTIVES
-from jobs.distill import distillation_kinds, round_spec, student_spec, with_teacher
+from jobs.distill import derived_entry, distillation_kinds, round_spec, student_spec, with_teacher, with_teacher_autoencoder
 from zoo.resolve import resolve
 
 
@@ -41,6 +43,24 @@ def test_a_teacher_without_an_entry_gets_a_student_derived_from_its_recipe():
     assert cd.model.sampling.solver.kind == "consistency" and cd.model.sampling.steps == 1
     pd = student_spec(rf, "pd", {})
     assert pd.model.denoiser == rf.spec.denoiser and pd.train.objective.steps == rf.spec.sampling.steps // 2
+
+
+def test_lcd_students_are_latent_consistency_models_decoding_with_the_teachers_vae():
+    ldm = resolve("ldm-tiny", weights="w.safetensors")
+    assert student_spec(ldm, "lcd", {}).name == "lcm-tiny"  # the catalog entry naming ldm-tiny as its teacher
+    derived = derived_entry("lcd", ldm)  # what a teacher without an entry gets
+    assert derived.model.denoiser.kind == "lcm" and derived.model.denoiser.prediction == "eps"
+    assert derived.model.backbone.time_cond_proj_dim == 256 and derived.model.guidance_input
+    assert (derived.model.sampling.solver.kind, derived.model.sampling.steps) == ("lcm", 4)
+    assert derived.model.conditioner.drop_prob == 0.0 and derived.train.objective.init_from_teacher
+    with pytest.raises(zoo.SpecError, match="its dit backbone has no guidance-scale embedding"):
+        derived_entry("lcd", resolve("dit-tiny", weights="w.safetensors"))
+    # the student takes the teacher's fitted KL-VAE (it has none of its own), only when they are the same VAE
+    vae = ldm.spec.autoencoder.model_copy(update={"weights": "/runs/ldm-tiny-vae-1a2b"})
+    teacher = replace(ldm, spec=ldm.spec.model_copy(update={"autoencoder": vae}))
+    assert with_teacher_autoencoder(zoo.get("lcm-tiny"), teacher).model.autoencoder.weights == "/runs/ldm-tiny-vae-1a2b"
+    other = replace(ldm, spec=ldm.spec.model_copy(update={"autoencoder": vae.model_copy(update={"latent_channels": 4})}))
+    assert with_teacher_autoencoder(zoo.get("lcm-tiny"), other).model.autoencoder.weights is None
 
 
 def test_the_spec_names_its_pinned_teacher():

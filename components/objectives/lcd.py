@@ -21,7 +21,7 @@ text encoder, as in LCM), given by the loop through ``attach_conditioner``.
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 from pydantic import Field, model_validator
@@ -55,6 +55,7 @@ class LcmTrainSpec(Spec):
 
 
 class LcdSpec(LcmTrainSpec):
+    distills_into: ClassVar[str] = "lcm"  # the student is a latent consistency model (zoo.distill reads this)
     kind: Literal["lcd"] = "lcd"
     teacher: TeacherRef = None
     teacher_weights: TeacherWeights = None
