@@ -31,14 +31,16 @@ def test_null_dropout_and_captions_from_labels(one_thread):
     keep = ClipTextSpec(**{**TINY, "drop_prob": 0.0}).build()
     drop = ClipTextSpec(**{**TINY, "drop_prob": 1.0}).build()
     null = keep.null(4)["text"]
-    assert torch.equal(drop({"label": labels}, RandomSource.from_seed(0, 4))["text"], null)
+    # a batch of four "" and one "" expanded differ by float rounding in the CPU's batched kernels
+    # (2.4e-7 on some machines), so the dropped rows are the null condition to that precision
+    torch.testing.assert_close(drop({"label": labels}, RandomSource.from_seed(0, 4))["text"], null, atol=1e-6, rtol=0)
     cond = keep({"label": labels}, None)["text"]
     assert torch.equal(cond, keep.encode([caption(int(y)) for y in labels]))
     assert not torch.equal(cond, null)
     assert torch.equal(keep.request(4, prompt="")["text"], null)
     half = ClipTextSpec(**{**TINY, "drop_prob": 0.5}).build()
     out = half({"caption": [caption(1)] * 64}, RandomSource.from_seed(1, 64))["text"]
-    dropped = (out - null[:1]).abs().amax(dim=(1, 2)) == 0
+    dropped = (out - null[:1]).abs().amax(dim=(1, 2)) < 1e-6
     assert 16 < int(dropped.sum()) < 48  # about half, from the step's noise
 
 
