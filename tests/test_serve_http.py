@@ -1,5 +1,6 @@
-"""Serving through real HTTP on 127.0.0.1: one app with three models (a checkpoint on local disk,
-a class-conditional checkpoint on S3 (moto), and an in-memory model that breaks on purpose),
+"""Serving through real HTTP on 127.0.0.1: one app with four models (a checkpoint on local disk,
+a class-conditional checkpoint on S3 (moto), an in-memory model that breaks on purpose, and an
+in-memory text-to-image latent model, ldm-tiny with random weights),
 checked against ``model.sample`` in process, under 16 concurrent clients, with bad requests,
 and through the web page in a real headless Chromium."""
 
@@ -38,7 +39,11 @@ def runs(tmp_path_factory, s3_server):
         fs.mkdir("zoo-serve")
     url = "s3://zoo-serve/cond/" + cond.checkpoint.rstrip("/").rsplit("/", 1)[-1]
     ckpt.upload(cond.checkpoint, url)
-    return SimpleNamespace(digits=digits.checkpoint, cond=url, digits_model=zoo.load(digits.checkpoint), cond_model=zoo.load(url))
+    torch.manual_seed(0)
+    text = zoo.build("ldm-tiny")  # random VAE, UNet and text tower: what matters is that the prompt travels
+    text.name = "text"
+    return SimpleNamespace(digits=digits.checkpoint, cond=url, digits_model=zoo.load(digits.checkpoint), cond_model=zoo.load(url),
+                           text_model=text)
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +57,7 @@ def served(ray_cluster, runs):
         {"model": runs.digits, "name": "digits"},
         {"model": runs.cond, "name": "cond"},
         broken,
+        runs.text_model,
         resources={"num_cpus": 0.25}, limits=LIMITS, batching={"max_images": 32, "wait_s": 0.05},
     )
     yield s
@@ -86,15 +92,22 @@ def test_same_seed_same_images_as_model_sample_in_process(served, runs):
     torch.testing.assert_close(g.images, runs.digits_model.sample(2, steps=10, seed=3, solver={"kind": "ddim", "eta": 1.0}), atol=1e-5, rtol=0)
     g = c.generate("cond", n=2, steps=5, seed=5, label=3, guidance=1.5)
     torch.testing.assert_close(g.images, runs.cond_model.sample(2, steps=5, seed=5, labels=3, guidance=1.5), atol=1e-5, rtol=0)
+    # the text-to-image model takes a prompt; another prompt, other images
+    g = c.generate("text", n=2, steps=4, seed=5, prompt="a handwritten digit seven", guidance=2.0)
+    ref = runs.text_model.sample(2, steps=4, seed=5, prompt="a handwritten digit seven", guidance=2.0)
+    torch.testing.assert_close(g.images, ref, atol=1e-5, rtol=0)
+    other = c.generate("text", n=2, steps=4, seed=5, prompt="a handwritten digit one", guidance=2.0)
+    assert not torch.allclose(other.images, ref, atol=1e-3)
 
 
 def test_models_are_listed_with_limits_and_the_api_is_described(served, runs):
     c = served.client()
     models = {m["name"]: m for m in c.models()}
-    assert set(models) == {"digits", "cond", "faulty"}
+    assert set(models) == {"digits", "cond", "faulty", "text"}
     assert models["digits"]["limits"]["max_n"] == 8 and models["digits"]["limits"]["max_steps"] == 50
     assert models["cond"]["conditioning"] == "label" and models["cond"]["num_classes"] == 10
     assert models["digits"]["conditioning"] == "none" and not models["digits"]["guidance"]
+    assert models["text"]["conditioning"] == "prompt" and models["text"]["guidance"]
     full = c.model("cond")
     assert full["spec"] == runs.cond_model.spec.model_dump(mode="json")  # the spec that trained it serves it
     status, _, blob = c.request("GET", "/openapi.json")
@@ -104,7 +117,7 @@ def test_models_are_listed_with_limits_and_the_api_is_described(served, runs):
     assert {"/healthz", "/readyz", "/v1/models"} <= set(api["paths"])
     openapi_spec_validator = pytest.importorskip("openapi_spec_validator")
     openapi_spec_validator.validate(api)  # a schema other tools can generate clients from
-    assert c.health() and c.ready()["ready"] and set(c.ready()["models"]) == {"digits", "cond", "faulty"}
+    assert c.health() and c.ready()["ready"] and set(c.ready()["models"]) == {"digits", "cond", "faulty", "text"}
     status, headers, blob = c.request("GET", "/")
     assert status == 200 and b"<title>diffusion-zoo</title>" in blob
 
@@ -199,7 +212,7 @@ def test_web_page_generates_images_in_headless_chromium(served, runs, tmp_path, 
     try:
         browser.get(served.url + "/")
         wait = WebDriverWait(browser, 60)
-        wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 3)
+        wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 4)
         Select(browser.find_element(By.ID, "model")).select_by_value("cond")
         assert browser.find_element(By.ID, "label").is_displayed()
         assert not browser.find_element(By.ID, "prompt").is_displayed()
@@ -218,6 +231,24 @@ def test_web_page_generates_images_in_headless_chromium(served, runs, tmp_path, 
         ref = runs.cond_model.sample(4, steps=5, seed=11, labels=3).numpy()
         assert np.abs(shown - ref).max() <= 0.51 / 255  # the page shows what model.sample makes
         assert "seed 11" in browser.find_element(By.ID, "status").text
+        # the text-to-image model: a prompt box instead of the class picker
+        Select(browser.find_element(By.ID, "model")).select_by_value("text")
+        assert browser.find_element(By.ID, "prompt").is_displayed()
+        assert not browser.find_element(By.ID, "label").is_displayed()
+        browser.find_element(By.ID, "prompt").send_keys("a handwritten digit seven")
+        for field, value in (("steps", "4"), ("n", "2"), ("seed", "5"), ("guidance", "2")):
+            box = browser.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "seed 5" in b.find_element(By.ID, "status").text and len(
+            b.find_elements(By.CSS_SELECTOR, "#images img.sample")) == 2 and all(
+            b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) == 16
+            for im in b.find_elements(By.CSS_SELECTOR, "#images img.sample")))
+        srcs = [im.get_attribute("src") for im in browser.find_elements(By.CSS_SELECTOR, "#images img.sample")]
+        shown = np.stack([from_png(base64.b64decode(s.split(",", 1)[1])) for s in srcs])
+        ref = runs.text_model.sample(2, steps=4, seed=5, prompt="a handwritten digit seven", guidance=2.0).numpy()
+        assert np.abs(shown - ref).max() <= 0.51 / 255  # the typed prompt reached the model
         # a request over the limit shows the server's message naming the field
         steps = browser.find_element(By.ID, "steps")
         browser.execute_script("arguments[0].removeAttribute('max')", steps)
