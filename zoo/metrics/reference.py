@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import torch
 from torch import Tensor
@@ -67,7 +68,13 @@ class ReferenceStats:
                  n=np.int64(self.n), format=np.int64(FORMAT), **extra)
         fs, path = fsspec.core.url_to_fs(url)
         fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
-        with fs.open(path, "wb") as f:
+        if isinstance(fs, LocalFileSystem):  # whole or not at all: another process may be reading the cache
+            tmp = f"{path}.tmp{os.getpid()}"
+            with open(tmp, "wb") as f:
+                f.write(buf.getvalue())
+            os.replace(tmp, path)
+            return url
+        with fs.open(path, "wb") as f:  # an object store's PUT is atomic
             f.write(buf.getvalue())
         return url
 
