@@ -29,11 +29,17 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver (web page test)"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
+# The fast tests in two pytest workers (pytest-xdist, one torch thread each); then the slow ones in
+# one process, in file order: they share the session's Ray cluster, S3 server and trained runs,
+# which two workers would each start or train (xdist's --dist loadgroup would keep them together,
+# but pytest-xdist 3.8 cannot rename pytest 9's node ids, so its groups are ignored).
+FAST    := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow and not quality"
 test: $(STAMP) browser
-	$(BIN)/python -m pytest -q -m "not quality"
+	$(FAST)
+	$(BIN)/python -m pytest -q -m "slow and not quality"
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not slow and not quality"
+	$(FAST)
 
 # the CPU-scale quality orderings of the few-step and text-to-image families: each trains its
 # catalog models (about an hour on 2 cores), too long for make test's budget
