@@ -14,8 +14,8 @@ else one derived from the teacher's own recipe; the pinned teacher is written in
 (``objective.teacher``; ``model.weights`` for an objective that takes no teacher, so the student
 starts from the teacher's weights), then ``overrides`` apply. A latent student whose autoencoder
 has no weights decodes with its teacher's when the two are the same architecture (lcm-tiny from
-an ldm-tiny run: the run's fitted KL-VAE), as LCD students share their teacher's VAE. It trains with ``zoo.train``
-(Ray Train, resumable) and serves with ``zoo.serve`` like any run.
+an ldm-tiny run: the run's fitted KL-VAE), as LCD students share their teacher's VAE. It trains
+with ``zoo.train`` (Ray Train, resumable) and serves with ``zoo.serve`` like any run.
 
 Progressive distillation chains rounds (Salimans & Ho 2022, Algorithm 2): with ``rounds=R`` and
 the entry's ``objective.steps = N`` (the final student's steps), round r = 1..R trains an
@@ -120,10 +120,10 @@ def with_teacher_autoencoder(spec: RunSpec, r: Resolved) -> RunSpec:
     """The student with the teacher's autoencoder weights, when it has none of its own and the
     architectures agree (every field but weights and the fitting recipe)."""
     mine, theirs = spec.model.autoencoder, r.spec.autoencoder
-    if getattr(mine, "weights", True) is not None or getattr(theirs, "weights", None) is None:
-        return spec
-    same = {"weights", "train"}
-    if mine.model_dump(exclude=same & set(type(mine).model_fields)) != theirs.model_dump(exclude=same & set(type(theirs).model_fields)):
+    if "weights" not in type(mine).model_fields or mine.weights is not None or getattr(theirs, "weights", None) is None:
+        return spec  # no weights to take (an identity autoencoder), its own, or none to give
+    recipe = {"weights", "train"}
+    if mine.model_dump(exclude=recipe) != theirs.model_dump(exclude=recipe):
         return spec
     return catalog.apply_overrides(spec, {"autoencoder.weights": theirs.weights})
 
