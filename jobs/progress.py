@@ -19,6 +19,7 @@ from typing import IO, Any
 import fsspec
 
 from jobs.storage import join
+from zoo.urls import write_whole
 
 PROGRESS = "progress.json"
 
@@ -45,15 +46,7 @@ class FileBar:
 
     def _write(self) -> None:
         self.last = time.monotonic()
-        fs, path = fsspec.core.url_to_fs(self.url)
-        with fs.open(path + ".tmp" if _is_local(fs) else path, "w") as f:
-            json.dump(self.state, f)
-        if _is_local(fs):  # readers never see a half-written file
-            fs.mv(path + ".tmp", path)
-
-
-def _is_local(fs) -> bool:
-    return "file" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,))
+        write_whole(self.url, json.dumps(self.state).encode())  # readers never see a half-written file
 
 
 def clear(run_dir: str) -> None:

@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import torch
 from torch import Tensor
@@ -33,6 +32,7 @@ from tqdm.auto import tqdm
 from zoo.errors import DataError
 from zoo.metrics.detectors import Detector, to_uint8
 from zoo.metrics.frechet import gaussian_stats
+from zoo.urls import write_whole
 
 FORMAT = 1
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
@@ -66,17 +66,7 @@ class ReferenceStats:
         extra = {} if self.features is None else {"features": self.features}
         np.savez(buf, mu=self.mu, sigma=self.sigma, name=np.str_(self.name), detector=np.str_(self.detector),
                  n=np.int64(self.n), format=np.int64(FORMAT), **extra)
-        fs, path = fsspec.core.url_to_fs(url)
-        fs.makedirs(posixpath.dirname(path) or ".", exist_ok=True)
-        if isinstance(fs, LocalFileSystem):  # whole or not at all: another process may be reading the cache
-            tmp = f"{path}.tmp{os.getpid()}"
-            with open(tmp, "wb") as f:
-                f.write(buf.getvalue())
-            os.replace(tmp, path)
-            return url
-        with fs.open(path, "wb") as f:  # an object store's PUT is atomic
-            f.write(buf.getvalue())
-        return url
+        return write_whole(url, buf.getvalue())  # whole or not at all: another process may be reading the cache
 
     @classmethod
     def load(cls, url: str) -> ReferenceStats:
