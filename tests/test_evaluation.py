@@ -40,11 +40,17 @@ def tiny_run(tmp_path_factory):
 
 def by_hand(model: Model, solver: str, steps: int, n: int, guidance: float | None = None):
     """What zoo.evaluate scores for one cell: sample i has seed i and, for a class-conditional
-    model, label i % classes; uint8 as a PNG writer rounds it."""
+    model, label i % classes (a captioned text model: the caption of digit i % 10); uint8 as a PNG
+    writer rounds it."""
     seeds = list(range(n))
-    k = getattr(model.conditioner, "num_classes", None)
-    labels = None if k is None else [i % k for i in seeds]
-    x = model.sample(n, steps=steps, solver=solver, guidance=guidance, seed=seeds, labels=labels)
+    if getattr(getattr(model.conditioner, "spec", None), "captions", None) == "digits":  # captioned text: prompt digit i % 10
+        labels = [i % 10 for i in seeds]
+        cond = {"prompt": [digit_captions.caption(y) for y in labels]}
+    else:
+        k = getattr(model.conditioner, "num_classes", None)
+        labels = None if k is None else [i % k for i in seeds]
+        cond = {"labels": labels}
+    x = model.sample(n, steps=steps, solver=solver, guidance=guidance, seed=seeds, **cond)
     return (x.clamp(0, 1) * 255).round().to(torch.uint8), labels
 
 
@@ -166,24 +172,25 @@ def test_conditional_models_are_label_sampled_and_scored():
         zoo.evaluate([model, uncond], metric="digits_fid", nfe=[2], n=20, guidance=1.0, progress=False)
 
 
+SMALL_DIT = {"backbone.depth": 1, "backbone.hidden_size": 16, "backbone.num_heads": 2}
+
+
 def test_captioned_text_models_are_prompted_with_the_captions_and_scored():
     """A text model whose conditioner makes captions from labels (ldm-tiny, lcm-tiny) is sampled
     with the caption of digit i % 10 for sample i, and digits_accuracy scores the prompted digit."""
-    model = zoo.build("dit-tiny", **{"backbone.depth": 1, "backbone.hidden_size": 16, "backbone.num_heads": 2})
+    model = zoo.build("dit-tiny", **SMALL_DIT)
     torch.manual_seed(0)
     with torch.no_grad():  # adaLN-Zero starts at a zero output whatever the prompt: move it off zero
         for p in model.denoiser.parameters():
             p.add_(0.1 * torch.randn_like(p))
     ev = zoo.evaluate(model, metric="digits_accuracy", nfe=[2], n=20, guidance=1.0, progress=False)
-    seeds = list(range(20))
-    prompts = [digit_captions.caption(i % 10) for i in seeds]
-    x = model.sample(20, steps=2, guidance=1.0, seed=seeds, prompt=prompts)
-    hits = digits_net((x.clamp(0, 1) * 255).round().to(torch.uint8))[1].argmax(1) == np.arange(20) % 10
+    images, labels = by_hand(model, "ddim", 2, 20, guidance=1.0)
+    hits = digits_net(images)[1].argmax(1) == np.asarray(labels)
     assert ev.records[0]["digits_accuracy"] == pytest.approx(hits.mean(), abs=1e-12)
+    seeds = list(range(20))
     other = model.sample(20, steps=2, guidance=1.0, seed=seeds, prompt=[digit_captions.caption((i + 1) % 10) for i in seeds])
-    assert not torch.equal(x, other), "the prompts reach the samples"
-    uncaptioned = zoo.build("dit-tiny", **{"backbone.depth": 1, "backbone.hidden_size": 16, "backbone.num_heads": 2,
-                                           "conditioner.captions": None})
+    assert not torch.equal(images, (other.clamp(0, 1) * 255).round().to(torch.uint8)), "the prompts reach the samples"
+    uncaptioned = zoo.build("dit-tiny", **{**SMALL_DIT, "conditioner.captions": None})
     ev = zoo.evaluate(uncaptioned, metric="digits_accuracy", nfe=[2], n=20, progress=False)
     assert ev.records[0]["digits_accuracy"] is None  # no prompts of its own: sampled with the null prompt
 
