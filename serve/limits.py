@@ -22,6 +22,7 @@ from zoo.specs import ModelSpec
 
 _SOLVERS = TypeAdapter(SolverSpec)
 CONTINUOUS_MAX_STEPS = 1000
+COMPARE_STEPS = (1, 2, 4)  # the LCM paper's step counts: what the page shows for a few-step model
 
 
 def solver_kinds() -> list[str]:
@@ -84,6 +85,7 @@ class ModelRules:
             guidance=kind != "none", height=s.image.size, width=s.image.size, channels=s.image.channels,
             default_steps=s.sampling.steps, default_solver=s.sampling.solver.model_dump(mode="json"),
             default_guidance=s.sampling.guidance, limits=self.limits,
+            compare_steps=[k for k in COMPARE_STEPS if k <= self.limits.max_steps] if s.sampling.solver.few_step else [],
             spec_sha256=hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16],
             spec=body if full else None,
         )

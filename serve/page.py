@@ -1,5 +1,6 @@
 """The web page at the app's root: pick a served model, type a prompt or pick a class, choose
-steps (and solver, guidance, seed), see the images. Plain HTML + fetch() against the same API a
+steps (and solver, guidance, seed), see the images. A few-step model (a consistency model or an
+LCM: ``compare_steps`` in its description) shows rows at 1, 2 and 4 steps for one seed. Plain HTML + fetch() against the same API a
 program uses; relative URLs under a <base> of the app's route prefix."""
 
 from __future__ import annotations
@@ -27,7 +28,8 @@ PAGE = """<!doctype html>
   #status { color: #555; margin: 1rem 0 .5rem; min-height: 1.4em; }
   #error { color: #a40000; background: #fff0f0; padding: .5rem .8rem; border-radius: 6px; white-space: pre-wrap; }
   #error:empty { display: none; }
-  #images { display: flex; flex-wrap: wrap; gap: 8px; }
+  #images .row { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; margin-bottom: 8px; }
+  #images .caption { width: 5rem; font-weight: 600; }
   #images img { width: 128px; height: 128px; image-rendering: pixelated; border: 1px solid #ccc; background: #fff; }
   small { color: #777; }
 </style>
@@ -42,6 +44,8 @@ PAGE = """<!doctype html>
   <select id="label" class="cond-label hidden"></select>
   <label for="prompt" class="cond-prompt hidden">Prompt</label>
   <input id="prompt" class="cond-prompt hidden" type="text" placeholder="a photo of ...">
+  <label for="compare" class="few hidden">Compare</label>
+  <span class="few hidden"><input id="compare" type="checkbox" checked> <small id="compare-hint"></small></span>
   <label for="steps">Steps</label>
   <span><input id="steps" type="number" min="1"> <small id="steps-hint"></small></span>
   <label for="n">Images</label>
@@ -93,6 +97,15 @@ function pick() {
   sol.innerHTML = "";
   for (const s of m.limits.solvers) sol.add(new Option(s, s, false, s === m.default_solver.kind));
   $("guidance").value = m.default_guidance;
+  show("few", m.compare_steps.length > 0);
+  $("compare").checked = m.compare_steps.length > 0;
+  $("compare-hint").textContent = m.compare_steps.join(" / ") + " steps side by side, one seed";
+  $("steps").disabled = $("compare").checked;
+}
+
+function post(m, req) {
+  return fetch(m.generate, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(req) })
+    .then(async (r) => [r, await r.json()]);
 }
 
 async function generate(ev) {
@@ -104,30 +117,48 @@ async function generate(ev) {
   if (m.conditioning === "prompt") req.prompt = $("prompt").value;
   if (m.guidance) req.guidance = Number($("guidance").value);
   if ($("seed").value !== "") req.seed = Number($("seed").value);
+  const compare = m.compare_steps.length > 0 && $("compare").checked;
+  if (compare && req.seed === undefined) req.seed = Math.floor(Math.random() * 2 ** 31);  // one seed for every row
+  const plan = compare ? m.compare_steps : [req.steps];
   $("error").textContent = "";
   $("status").textContent = "generating...";
   $("generate").disabled = true;
   const t0 = performance.now();
   try {
-    const r = await fetch(m.generate, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(req) });
-    const body = await r.json();
-    if (!r.ok) {
+    const answers = await Promise.all(plan.map((k) => post(m, { ...req, steps: k })));
+    const failed = answers.find(([r]) => !r.ok);
+    if (failed) {
       $("status").textContent = "";
       $("images").innerHTML = "";
-      $("error").textContent = "HTTP " + r.status + ": " + body.detail;
+      $("error").textContent = "HTTP " + failed[0].status + ": " + failed[1].detail;
       return;
     }
     const box = $("images");
     box.innerHTML = "";
-    for (const b64 of body.images) {
-      const img = document.createElement("img");
-      img.className = "sample";
-      img.alt = m.name + " sample";
-      img.src = "data:image/png;base64," + b64;
-      box.appendChild(img);
+    for (const [, body] of answers) {
+      const row = document.createElement("div");
+      row.className = "row";
+      if (compare) {
+        const cap = document.createElement("span");
+        cap.className = "caption";
+        cap.textContent = body.steps + (body.steps === 1 ? " step" : " steps");
+        row.appendChild(cap);
+      }
+      for (const b64 of body.images) {
+        const img = document.createElement("img");
+        img.className = "sample";
+        img.alt = m.name + " sample, " + body.steps + " steps";
+        img.dataset.steps = body.steps;
+        img.src = "data:image/png;base64," + b64;
+        row.appendChild(img);
+      }
+      box.appendChild(row);
     }
-    $("status").textContent = body.n + " image(s), seed " + body.seed + ", " + body.steps + " steps, " +
-      ((performance.now() - t0) / 1000).toFixed(2) + " s (batched with " + (body.batch.requests - 1) + " other request(s))";
+    const body = answers[0][1], secs = ((performance.now() - t0) / 1000).toFixed(2) + " s";
+    $("status").textContent = compare
+      ? body.n + " image(s) at each of " + plan.join(" / ") + " steps, seed " + body.seed + ", " + secs
+      : body.n + " image(s), seed " + body.seed + ", " + body.steps + " steps, " + secs +
+        " (batched with " + (body.batch.requests - 1) + " other request(s))";
   } catch (e) {
     $("error").textContent = String(e);
     $("status").textContent = "";
@@ -137,6 +168,7 @@ async function generate(ev) {
 }
 $("form").addEventListener("submit", generate);
 $("model").addEventListener("change", pick);
+$("compare").addEventListener("change", () => { $("steps").disabled = $("compare").checked; });
 load();
 </script>
 </body>

@@ -88,6 +88,9 @@ def options_from(models: tuple[Any, ...], *, name: str | None = None, weights: s
             m = {"model": m, "name": name, "weights": weights}
         elif isinstance(m, ModelOptions):
             m = m.model_dump(exclude_unset=True)
+        elif isinstance(m, dict) and isinstance(m.get("model"), Model):  # a Model with its own options
+            memory[i] = m["model"]
+            m = {**m, "model": f"memory:{m['model'].name}", "name": m.get("name") or _route_name(m["model"].name)}
         entries.append({**per_model, **{k: v for k, v in dict(m).items() if v is not None}})
     body: dict[str, Any] = {"models": entries, "app_name": app_name, "route_prefix": route_prefix}
     if ingress is not None:
@@ -97,8 +100,9 @@ def options_from(models: tuple[Any, ...], *, name: str | None = None, weights: s
 
 def serve(*models: Any, host: str | None = None, port: int | None = None, address: str | None = None,
           blocking: bool = False, **kwargs: Any) -> Served:
-    """Deploy models (catalog names with weights=, checkpoint/run URLs, Models, ModelOptions, or
-    one ServeOptions) as one Serve application; returns when every replica has warmed up.
+    """Deploy models (catalog names with weights=, checkpoint/run URLs, Models, ModelOptions or
+    dicts of its fields, whose ``model`` may be a Model, or one ServeOptions) as one Serve
+    application; returns when every replica has warmed up.
 
     Per-model keywords (replicas=, autoscaling=, resources=, batching=, limits=, max_ongoing_requests=,
     warmup_steps=, device=, ema=, overrides=) apply to every model given; name= and weights= to one.

@@ -75,6 +75,11 @@ class ModelInfo(BaseModel):
     default_steps: int
     default_solver: dict[str, Any]
     default_guidance: float
+    compare_steps: list[int] = Field(
+        default_factory=list,
+        description="step counts the web page shows side by side for one seed: 1, 2 and 4 for a few-step "
+        "(consistency / LCM) solver, none otherwise",
+    )
     limits: ModelLimits
     spec_sha256: str = Field(description="hash of the ModelSpec served (the one that trained it)")
     spec: dict[str, Any] | None = Field(None, description="the full ModelSpec (GET /v1/models/{name})")

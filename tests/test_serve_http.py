@@ -1,6 +1,7 @@
-"""Serving through real HTTP on 127.0.0.1: one app with four models (a checkpoint on local disk,
-a class-conditional checkpoint on S3 (moto), an in-memory model that breaks on purpose, and an
-in-memory text-to-image latent model, ldm-tiny with random weights),
+"""Serving through real HTTP on 127.0.0.1: one app with five models (a checkpoint on local disk,
+a class-conditional checkpoint on S3 (moto), an in-memory model that breaks on purpose, an
+in-memory text-to-image latent model, ldm-tiny with random weights, and an in-memory latent
+consistency model, lcm-tiny with random weights, served with its own limits),
 checked against ``model.sample`` in process, under 16 concurrent clients, with bad requests,
 and through the web page in a real headless Chromium."""
 
@@ -42,8 +43,9 @@ def runs(tmp_path_factory, s3_server):
     torch.manual_seed(0)
     text = zoo.build("ldm-tiny")  # random VAE, UNet and text tower: what matters is that the prompt travels
     text.name = "text"
+    lcm = zoo.build("lcm-tiny")  # its own solver (lcm, 4 steps) and w as a network input
     return SimpleNamespace(digits=digits.checkpoint, cond=url, digits_model=zoo.load(digits.checkpoint), cond_model=zoo.load(url),
-                           text_model=text)
+                           text_model=text, lcm_model=lcm)
 
 
 @pytest.fixture(scope="module")
@@ -58,6 +60,7 @@ def served(ray_cluster, runs):
         {"model": runs.cond, "name": "cond"},
         broken,
         runs.text_model,
+        {"model": runs.lcm_model, "name": "lcm", "limits": {**LIMITS, "solvers": ["lcm"]}},
         resources={"num_cpus": 0.25}, limits=LIMITS, batching={"max_images": 32, "wait_s": 0.05},
     )
     yield s
@@ -98,16 +101,25 @@ def test_same_seed_same_images_as_model_sample_in_process(served, runs):
     torch.testing.assert_close(g.images, ref, atol=1e-5, rtol=0)
     other = c.generate("text", n=2, steps=4, seed=5, prompt="a handwritten digit one", guidance=2.0)
     assert not torch.allclose(other.images, ref, atol=1e-3)
+    # the LCM with no steps or solver given: its own lcm sampler at 4 steps, w as its input
+    g = c.generate("lcm", n=2, seed=3, prompt="a handwritten digit two", guidance=4.0)
+    assert g.steps == 4
+    ref = runs.lcm_model.sample(2, seed=3, prompt="a handwritten digit two", guidance=4.0)
+    torch.testing.assert_close(g.images, ref, atol=1e-5, rtol=0)
 
 
 def test_models_are_listed_with_limits_and_the_api_is_described(served, runs):
     c = served.client()
     models = {m["name"]: m for m in c.models()}
-    assert set(models) == {"digits", "cond", "faulty", "text"}
+    assert set(models) == {"digits", "cond", "faulty", "text", "lcm"}
     assert models["digits"]["limits"]["max_n"] == 8 and models["digits"]["limits"]["max_steps"] == 50
     assert models["cond"]["conditioning"] == "label" and models["cond"]["num_classes"] == 10
     assert models["digits"]["conditioning"] == "none" and not models["digits"]["guidance"]
     assert models["text"]["conditioning"] == "prompt" and models["text"]["guidance"]
+    # an LCM defaults to its own solver and steps, and the page compares 1, 2 and 4 steps of it
+    assert models["lcm"]["default_solver"]["kind"] == "lcm" and models["lcm"]["default_steps"] == 4
+    assert models["lcm"]["compare_steps"] == [1, 2, 4] and models["lcm"]["limits"]["solvers"] == ["lcm"]
+    assert all(models[m]["compare_steps"] == [] for m in ("digits", "cond", "faulty", "text"))
     full = c.model("cond")
     assert full["spec"] == runs.cond_model.spec.model_dump(mode="json")  # the spec that trained it serves it
     status, _, blob = c.request("GET", "/openapi.json")
@@ -117,7 +129,7 @@ def test_models_are_listed_with_limits_and_the_api_is_described(served, runs):
     assert {"/healthz", "/readyz", "/v1/models"} <= set(api["paths"])
     openapi_spec_validator = pytest.importorskip("openapi_spec_validator")
     openapi_spec_validator.validate(api)  # a schema other tools can generate clients from
-    assert c.health() and c.ready()["ready"] and set(c.ready()["models"]) == {"digits", "cond", "faulty", "text"}
+    assert c.health() and c.ready()["ready"] and set(c.ready()["models"]) == {"digits", "cond", "faulty", "text", "lcm"}
     status, headers, blob = c.request("GET", "/")
     assert status == 200 and b"<title>diffusion-zoo</title>" in blob
 
@@ -212,10 +224,11 @@ def test_web_page_generates_images_in_headless_chromium(served, runs, tmp_path, 
     try:
         browser.get(served.url + "/")
         wait = WebDriverWait(browser, 60)
-        wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 4)
+        wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 5)
         Select(browser.find_element(By.ID, "model")).select_by_value("cond")
         assert browser.find_element(By.ID, "label").is_displayed()
         assert not browser.find_element(By.ID, "prompt").is_displayed()
+        assert not browser.find_element(By.ID, "compare").is_displayed()  # not a few-step model
         Select(browser.find_element(By.ID, "label")).select_by_value("3")
         for field, value in (("steps", "5"), ("n", "4"), ("seed", "11"), ("guidance", "0")):
             box = browser.find_element(By.ID, field)
@@ -257,5 +270,29 @@ def test_web_page_generates_images_in_headless_chromium(served, runs, tmp_path, 
         browser.find_element(By.ID, "generate").click()
         wait.until(lambda b: b.find_element(By.ID, "error").text)
         assert "422" in browser.find_element(By.ID, "error").text and "max_steps=50" in browser.find_element(By.ID, "error").text
+        # the LCM: one prompt and seed at 1, 2 and 4 steps, a captioned row each
+        Select(browser.find_element(By.ID, "model")).select_by_value("lcm")
+        assert browser.find_element(By.ID, "compare").is_selected() and not browser.find_element(By.ID, "steps").is_enabled()
+        prompt = browser.find_element(By.ID, "prompt")
+        prompt.clear()
+        prompt.send_keys("a handwritten digit three")
+        for field, value in (("n", "2"), ("seed", "9"), ("guidance", "4")):
+            box = browser.find_element(By.ID, field)
+            box.clear()
+            box.send_keys(value)
+        browser.find_element(By.ID, "generate").click()
+        wait.until(lambda b: "seed 9" in b.find_element(By.ID, "status").text and len(
+            b.find_elements(By.CSS_SELECTOR, "#images img.sample")) == 6 and all(
+            b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) == 16
+            for im in b.find_elements(By.CSS_SELECTOR, "#images img.sample")))
+        browser.save_screenshot(str(tmp_path / "page-lcm.png"))
+        assert not browser.find_element(By.ID, "error").text
+        rows = browser.find_elements(By.CSS_SELECTOR, "#images .row")
+        assert [r.find_element(By.CLASS_NAME, "caption").text for r in rows] == ["1 step", "2 steps", "4 steps"]
+        for row, steps in zip(rows, (1, 2, 4)):
+            srcs = [im.get_attribute("src") for im in row.find_elements(By.CSS_SELECTOR, "img.sample")]
+            shown = np.stack([from_png(base64.b64decode(s.split(",", 1)[1])) for s in srcs])
+            ref = runs.lcm_model.sample(2, steps=steps, seed=9, prompt="a handwritten digit three", guidance=4.0).numpy()
+            assert np.abs(shown - ref).max() <= 0.51 / 255, steps  # each row is model.sample at its steps
     finally:
         browser.quit()

@@ -20,6 +20,7 @@ from serve.options import AutoscalingOptions, Limits, ModelOptions, ServeOptions
 from serve.schemas import GenerateRequest
 from tests.conftest import tiny_overrides
 from tests.serve_support import CLASSES, faulty, untrained_weights
+from zoo import catalog
 from zoo.cli import app
 
 
@@ -65,6 +66,22 @@ def test_limits_the_model_cannot_honour_fail_when_the_app_is_built(tiny):
         ModelRules.build("m", spec, Limits(sizes=[16, 32]))
     rules = ModelRules.build("m", spec, Limits())
     assert rules.limits.max_steps == 1000 and rules.limits.solvers == solver_kinds() and rules.limits.sizes == [16]
+
+
+def test_few_step_models_get_the_1_2_4_step_strip(tiny):
+    """compare_steps follows the solver's few_step trait (every solver of the registry), capped by max_steps."""
+    from components.solvers import SOLVERS
+
+    few = [k for k in SOLVERS.kinds() if SOLVERS.member(k).few_step]
+    assert {"consistency", "lcm"} <= set(few)
+    lcm = catalog.get("lcm-tiny").model
+    assert ModelRules.build("lcm", lcm, Limits()).info("/v1/models/lcm/generate").compare_steps == [1, 2, 4]
+    assert ModelRules.build("lcm", lcm, Limits(max_steps=4)).info("/x").compare_steps == [1, 2, 4]
+    assert ModelRules.build("m", tiny.spec, Limits()).info("/x").compare_steps == []
+    for kind in SOLVERS.default_kinds():
+        spec = tiny.spec.model_copy(update={"sampling": tiny.spec.sampling.model_copy(update={"solver": SOLVERS.parse(kind)})})
+        info = ModelRules.build("m", spec, Limits()).info("/x")
+        assert info.compare_steps == ([1, 2, 4] if kind in few else []), kind
 
 
 def test_request_checks_name_every_bad_field(tiny, tiny_cond):
@@ -200,6 +217,10 @@ def test_zoo_serve_arguments_become_typed_options(tiny):
     opts, memory = options_from(("runs/x", tiny), replicas=2, limits={"max_n": 4})
     assert [m.replicas for m in opts.models] == [2, 2] and [m.limits.max_n for m in opts.models] == [4, 4]
     assert memory == {1: tiny} and opts.models[1].model == "memory:ddpm-digits"
+    # a Model with options of its own: they override the shared ones for it alone
+    opts, memory = options_from(("runs/x", {"model": tiny, "name": "mine", "limits": {"max_n": 2}}), limits={"max_n": 4})
+    assert memory == {1: tiny} and opts.models[1].model == "memory:ddpm-digits" and opts.models[1].name == "mine"
+    assert [m.limits.max_n for m in opts.models] == [4, 2]
     with pytest.raises(TypeError, match="name= and weights= apply to one model"):
         options_from(("a", "b"), name="x")
     with pytest.raises(TypeError, match=r"unknown options \['replica'\]"):

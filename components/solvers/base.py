@@ -32,10 +32,13 @@ class SolverTraits:
     """Registry traits every solver spec declares (DESIGN.md 2b): ``has_step``, whether the
     solver has the per-row one-step form ``step(denoise, process, x, t, s, rng)`` (multistep and
     adaptive solvers do not), and ``deterministic``, whether it integrates the probability-flow
-    ODE without fresh noise (a property where a field decides, e.g. DDIM's eta)."""
+    ODE without fresh noise (a property where a field decides, e.g. DDIM's eta), and ``few_step``,
+    whether it is a consistency model's sampler, made for one to a handful of network calls (the
+    serving page compares 1, 2 and 4 steps of such a model side by side)."""
 
     has_step: ClassVar[bool] = True
     deterministic: ClassVar[bool] = True
+    few_step: ClassVar[bool] = False
 
 
 class ChurnSpec(SolverTraits, Spec):

@@ -32,6 +32,7 @@ class ConsistencySamplerSpec(SolverTraits, Spec):
     times: list[float] | None = Field(None, description="tau_1 > ... > tau_{N-1} in process time; None: the grid's")
     has_step: ClassVar[bool] = False  # re-noises between evaluations: no ODE step
     deterministic: ClassVar[bool] = False
+    few_step: ClassVar[bool] = True
 
     @field_validator("times")
     @classmethod

@@ -36,6 +36,7 @@ class LcmSamplerSpec(SolverTraits, Spec):
     timesteps: list[int] | None = Field(None, description="discrete timesteps, strictly decreasing; None: the LCM schedule")
     has_step: ClassVar[bool] = False  # re-noises between evaluations: no ODE step
     deterministic: ClassVar[bool] = False
+    few_step: ClassVar[bool] = True
 
     @field_validator("timesteps")
     @classmethod
