@@ -5,10 +5,13 @@
 2. p50/p99 latency of one request through the endpoint (proxy + ingress + replica + encoding)
    vs ``model.sample`` of the same work in process, on the same thread count.
 
-The model is ddpm-digits at catalog size (1.1M-parameter UNet) with untrained weights: speed
-does not depend on what the weights learned. Everything runs on 127.0.0.1 in an embedded Ray.
+The model is a catalog entry at catalog size with untrained weights (speed does not depend on
+what the weights learned): ddpm-digits (1.1M-parameter UNet, 50 DDIM steps) by default, or
+``--model lcm-tiny``, the latent consistency model (KL-VAE + CLIP text + SD UNet with a
+w-embedding) at its own 4 lcm steps, each client prompting a caption of the digits. Everything
+runs on 127.0.0.1 in an embedded Ray.
 
-    python bench/serve_batching.py [--seconds 15] [--steps 10] [--clients 16]
+    python bench/serve_batching.py [--model lcm-tiny] [--seconds 20] [--steps 10] [--clients 16]
 """
 
 from __future__ import annotations
@@ -38,11 +41,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def throughput(served, name: str, clients: int, seconds: float, steps: int) -> tuple[float, float]:
+def conditioning(model, k: int) -> dict:
+    """What client k sends besides n, steps and seed: a caption and the model's w for a text model."""
+    if model.spec.conditioner.takes != "prompt":
+        return {}
+    return {"prompt": model.conditioner.captions_for([k % 10])[0], "guidance": model.spec.sampling.guidance}
+
+
+def throughput(served, name: str, model, clients: int, seconds: float, steps: int) -> tuple[float, float]:
     """(images/s, mean requests per network call) with ``clients`` threads for ``seconds``."""
     c = served.client(timeout=300)
     for i in range(3):  # warm the path
-        c.generate(name, n=1, steps=steps, seed=i)
+        c.generate(name, n=1, steps=steps, seed=i, **conditioning(model, i))
     counts, batches, errors = [], [], []
     deadline = time.monotonic() + seconds
 
@@ -52,7 +62,7 @@ def throughput(served, name: str, clients: int, seconds: float, steps: int) -> t
             if time.monotonic() > deadline:
                 break
             try:
-                g = c.generate(name, n=1, steps=steps, seed=k * 100_000 + i)
+                g = c.generate(name, n=1, steps=steps, seed=k * 100_000 + i, **conditioning(model, k))
                 n += 1
                 batches.append(g.batch_requests)
             except Exception as e:  # noqa: BLE001
@@ -88,7 +98,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=20.0, help="load time per mode, split into rounds")
     ap.add_argument("--rounds", type=int, default=2, help="batched/unbatched alternate this many times")
-    ap.add_argument("--steps", type=int, default=50, help="DDIM steps (ddpm-digits' default)")
+    ap.add_argument("--model", default="ddpm-digits", choices=["ddpm-digits", "lcm-tiny"])
+    ap.add_argument("--steps", type=int, default=None, help="solver steps (default: the model's own)")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=20)
     args = ap.parse_args()
@@ -98,7 +109,9 @@ def main() -> None:
 
     tmp = tempfile.mkdtemp(prefix="zoo-bench-")
     torch.manual_seed(0)
-    model = zoo.build("ddpm-digits").eval()
+    model = zoo.build(args.model).eval()
+    steps = args.steps or model.spec.sampling.steps
+    params = sum(p.numel() for p in model.parameters())
     weights = f"{tmp}/weights.safetensors"
     save_file({k: v.contiguous() for k, v in model.trainable_state_dict().items()}, weights)
     ray.init(num_cpus=4, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -109,23 +122,24 @@ def main() -> None:
     torch.set_num_threads(1)  # in process, the thread count of a replica with num_cpus=1
     try:
         port = free_port()
-        served = {m: zoo.serve("ddpm-digits", name="digits", app_name=m, route_prefix=f"/{m}", port=port,
+        served = {m: zoo.serve(args.model, name="digits", app_name=m, route_prefix=f"/{m}", port=port,
                                batching=b, **common) for m, b in modes.items()}
         for _ in range(args.rounds):  # alternate, so that load from elsewhere hits both alike
             for m in modes:
                 secs = args.seconds / args.rounds
-                ips, per_call = throughput(served[m], "digits", args.clients, secs, args.steps)
+                ips, per_call = throughput(served[m], "digits", model, args.clients, secs, steps)
                 totals[m][0] += ips * secs
                 totals[m][1] += secs
                 totals[m][2].append(per_call)
         # one request at a time: the endpoint (default batching config) and model.sample, interleaved
         c = served["batched"].client()
-        model.sample(1, steps=args.steps, seed=0)
+        cond = conditioning(model, 7)
+        model.sample(1, steps=steps, seed=0, **cond)
         ep, inproc = [], []
         for i in range(args.repeats):
-            ep += latencies(lambda _: c.generate("digits", n=1, steps=args.steps, seed=i), 1)
-            inproc += latencies(lambda _: model.sample(1, steps=args.steps, seed=i), 1)
-        batch_s = statistics.median(latencies(lambda i: model.sample(args.clients, steps=args.steps, seed=i), 3))
+            ep += latencies(lambda _: c.generate("digits", n=1, steps=steps, seed=i, **cond), 1)
+            inproc += latencies(lambda _: model.sample(1, steps=steps, seed=i, **cond), 1)
+        batch_s = statistics.median(latencies(lambda i: model.sample(args.clients, steps=steps, seed=i, **cond), 3))
         inproc_batch = args.clients / batch_s
     finally:
         ray_serve.shutdown()
@@ -133,7 +147,8 @@ def main() -> None:
 
     b_ips, u_ips = (totals[m][0] / totals[m][1] for m in modes)
     b_req, u_req = (float(np.mean(totals[m][2])) for m in modes)
-    print(f"ddpm-digits (1.1M UNet), {args.steps} DDIM steps, 1 replica x 1 CPU, {args.clients} clients, "
+    print(f"{args.model} ({params / 1e6:.1f}M parameters), {steps} {model.spec.sampling.solver.kind} steps, "
+          f"1 replica x 1 CPU, {args.clients} clients, "
           f"{args.seconds:.0f} s per mode in {args.rounds} alternating rounds")
     print(f"throughput batched   : {b_ips:7.2f} images/s  (mean {b_req:.1f} requests per network call)")
     print(f"throughput unbatched : {u_ips:7.2f} images/s  (mean {u_req:.1f})")
