@@ -28,7 +28,7 @@ torch.set_num_threads(max(1, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory, request) -> zoo.Run:
-    """ddpm-digits exactly as the catalog has it (the `make demo` run), on one Ray Train worker
+    """ddpm-digits exactly as the catalog has it (the 600-step recipe), on one Ray Train worker
     of the session's cluster; trained once per spec and code and kept under $ZOO_CACHE
     (tests/train_cache.py)."""
     from tests.train_cache import cached_train
