@@ -36,15 +36,21 @@ def test_trained_ddpm_digits_look_like_digits(trained_digits, feature_fd):
     samples = model.sample(N, seed=1)
     fd_model = fd(samples)
     fd_noise = fd(torch.rand(N, 1, 16, 16))
-    fd_untrained = fd(zoo.build("ddpm-digits").sample(N, seed=1))
+    # an untrained network's samples (10 DDIM steps: measured the same FD as 50, 1085.8, in a fifth of the time)
+    fd_untrained = fd(zoo.build("ddpm-digits").sample(N, seed=1, steps=10))
     fd_real = fd((digits.load("train")[0][:N] + 1) / 2)  # the floor at this sample size
+    fd_8 = fd(model.sample(N, seed=1, steps=8))  # the same model, 8 DDIM steps: blurrier digits
     hist = torch.bincount(clf.predict(samples * 2 - 1), minlength=10)
-    msg = (f"feature-FD to held-out digits: model {fd_model:.1f}, real train digits {fd_real:.1f}, "
-           f"untrained {fd_untrained:.1f}, uniform noise {fd_noise:.1f}; class histogram {hist.tolist()}")
+    msg = (f"feature-FD to held-out digits: model {fd_model:.1f} (8 DDIM steps: {fd_8:.1f}), real train digits "
+           f"{fd_real:.1f}, untrained {fd_untrained:.1f}, uniform noise {fd_noise:.1f}; class histogram {hist.tolist()}")
     print(msg)
     assert fd_model < 0.1 * fd_noise and fd_model < 0.1 * fd_untrained, msg
-    assert fd_model < 4 * fd_real, msg
+    # what the recipe reaches (measured 2026-12-01: 40.9 vs the floor 23.0, 1.78x; 8 DDIM steps 68.7, 2.99x;
+    # 16 steps 45.6, 1.98x): the bound passes the 50-step model and fails the 8-step one
+    assert fd_model < 2.2 * fd_real, msg
+    assert fd_8 > 2.2 * fd_real, "the bound is too loose to tell 8 DDIM steps from 50: " + msg
     assert (hist >= N * 0.02).all(), "every digit must appear: " + msg
+    assert hist.max() <= 0.2 * N, "no digit may take more than twice its share (measured at most 0.128): " + msg
 
 
 def test_demo_run_has_grid_and_reloads_reproducibly(trained_digits):

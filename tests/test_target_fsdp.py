@@ -59,8 +59,11 @@ def test_the_target_is_sharded_like_the_student_and_updates_per_shard(tmp_path):
 
 @pytest.mark.slow
 def test_a_ct_run_on_two_fsdp_workers_resumes_bit_identically(ray_cluster, tmp_path):
-    """6 steps of CT on 2 FSDP workers; a copy of the run cut after step 4 resumes (weights, EMA,
-    optimizer and theta^- resharded) and ends where the uninterrupted run ended, bit for bit."""
+    """6 steps of CT on 2 FSDP workers; a copy of the run cut after step 4, whose Ray Train record
+    still names step 6 (registered, then lost), resumes from the newest complete checkpoint
+    (weights, EMA, optimizer and theta^- resharded) and ends where the uninterrupted run ended,
+    bit for bit. (The plain-objective FSDP resume of tests/test_ray_train.py was this test without
+    theta^-; it is folded in here.)"""
     from zoo import checkpoint as ckpt
 
     kw = tiny_overrides(steps=6, workers=2, parallelism="fsdp", keep_checkpoints=3,
@@ -70,6 +73,7 @@ def test_a_ct_run_on_two_fsdp_workers_resumes_bit_identically(ray_cluster, tmp_p
     cut = tmp_path / "b" / Path(straight.dir).name
     shutil.copytree(straight.dir, cut)
     shutil.rmtree(cut / "checkpoints" / "step_00000006")
+    assert "step_00000006" in (cut / "checkpoints" / "checkpoint_manager_snapshot.json").read_text()
     resumed = zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, resume=str(cut), **kw)
     assert [m["step"] for m in resumed.metrics if m.get("event") == "resumed"] == [4]
     for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "objective.safetensors"):

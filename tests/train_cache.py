@@ -7,13 +7,15 @@ folder, a resumed run) changes nothing another test sees."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import zoo
 from zoo import checkpoint as ckpt
@@ -26,13 +28,14 @@ _session: dict[str, Path] = {}  # spec key -> a complete run folder made or foun
 
 @lru_cache(maxsize=1)
 def source_hash() -> str:
-    """The package source (every .py of components, zoo, jobs, serve), the catalog and the
+    """The package source a training run imports (every .py of components, zoo and jobs; serve
+    sits beside jobs and no training path imports it: tests/test_layers.py), the catalog and the
     versions of torch and Ray: what a trained run depends on besides its spec."""
     import ray
     import torch
 
     h = hashlib.sha256(f"torch {torch.__version__} ray {ray.__version__}".encode())
-    files = sorted(p for pkg in ("components", "zoo", "jobs", "serve") for p in (ROOT / pkg).rglob("*.py"))
+    files = sorted(p for pkg in ("components", "zoo", "jobs") for p in (ROOT / pkg).rglob("*.py"))
     for path in [*files, ROOT / "catalog.yaml"]:
         h.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()[:16]
@@ -58,6 +61,21 @@ def load_run(spec: RunSpec, folder: Path) -> Run:
                str(folder), ckpt.latest(str(folder)), grid=str(grid) if grid.is_file() else None, metrics=rows)
 
 
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive lock on ``path`` (flock; released when the holder exits, even killed), or
+    none where the cache folder cannot be written."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(path, "a")
+    except OSError:
+        yield
+        return
+    with f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        yield
+
+
 def cached_train(tmp_path_factory, name: str, *, before: Callable[[], Any] | None = None, **overrides: Any) -> Run:
     """``zoo.train(name, **overrides)`` once per spec and code (see the module docstring), as a
     fresh copy of the run folder under this session's temporary directory. ``before`` runs only
@@ -66,19 +84,21 @@ def cached_train(tmp_path_factory, name: str, *, before: Callable[[], Any] | Non
     key = f"{name}-{spec_key(spec)}-{source_hash()}"
     folder = _session.get(key)
     disk = cache_root() / key
-    if folder is None and os.environ.get("ZOO_TEST_RETRAIN") != "1" and (disk / "complete").is_file():
-        folder = next(p for p in disk.iterdir() if p.is_dir())
     if folder is None:
-        if before is not None:
-            before()
-        trained = zoo.train(name, output=str(tmp_path_factory.mktemp("trained")), progress=False, **overrides)
-        folder = Path(trained.dir)
-        try:  # keep a copy for later sessions; a read-only or full cache only costs the retraining
-            shutil.rmtree(disk, ignore_errors=True)
-            shutil.copytree(folder, disk / folder.name)
-            (disk / "complete").write_text(json.dumps({"spec": spec.model_dump(mode="json")}, indent=1))
-        except OSError:
-            pass
+        with _locked(disk.with_name(key + ".lock")):  # pytest workers that need it at once train it once
+            if os.environ.get("ZOO_TEST_RETRAIN") != "1" and (disk / "complete").is_file():
+                folder = next(p for p in disk.iterdir() if p.is_dir())
+            else:
+                if before is not None:
+                    before()
+                trained = zoo.train(name, output=str(tmp_path_factory.mktemp("trained")), progress=False, **overrides)
+                folder = Path(trained.dir)
+                try:  # keep a copy for later sessions; a read-only or full cache only costs the retraining
+                    shutil.rmtree(disk, ignore_errors=True)
+                    shutil.copytree(folder, disk / folder.name)
+                    (disk / "complete").write_text(json.dumps({"spec": spec.model_dump(mode="json")}, indent=1))
+                except OSError:
+                    pass
     _session[key] = folder
     copy = tmp_path_factory.mktemp("run") / folder.name
     shutil.copytree(folder, copy)
