@@ -30,17 +30,16 @@ browser:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 # The fast tests in two pytest workers (pytest-xdist, one torch thread each); then the slow ones in
-# two workers a file at a time (--dist loadfile): each worker's session has its own Ray cluster and
-# S3 server, and a file's tests share its module fixtures (a Serve app, reference runs); a trained
-# fixture both need is trained once (a file lock in tests/train_cache.py). Much of a slow test is
-# waiting (process start-up, Serve's replicas, polling), which the other worker fills: 13:00 ->
-# 10:31 for the slow part on 2 idle cores. (--dist loadgroup would group tests across files, but
-# pytest-xdist 3.8 cannot rename pytest 9's node ids, so its groups are ignored.)
-PYTEST  := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
-FAST    := $(PYTEST) -m "not slow and not quality"
+# one process, in file order: they share the session's Ray cluster, S3 server and trained runs.
+# Two workers a file at a time (--dist loadfile) were measured too: the slow part is CPU-bound (Ray
+# Train runs are process start-ups and imports), so each test ran about 2x slower beside the other
+# worker (583 s for what takes about 630 s alone), and a Serve readiness probe timed out under that
+# load. (xdist's --dist loadgroup would group tests across files, but pytest-xdist 3.8 cannot
+# rename pytest 9's node ids, so its groups are ignored.)
+FAST    := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow and not quality"
 test: $(STAMP) browser
 	$(FAST)
-	$(PYTEST) --dist loadfile -m "slow and not quality"
+	$(BIN)/python -m pytest -q -m "slow and not quality"
 
 test-fast: $(STAMP)
 	$(FAST)
