@@ -1,7 +1,8 @@
 """The web page at the app's root: pick a served model, type a prompt or pick a class, choose
 steps (and solver, guidance, seed), see the images. A few-step model (a consistency model or an
-LCM: ``compare_steps`` in its description) shows rows at 1, 2 and 4 steps for one seed. Plain HTML + fetch() against the same API a
-program uses; relative URLs under a <base> of the app's route prefix."""
+LCM: ``compare_steps`` in its description) shows rows at 1, 2 and 4 steps for one seed. Plain
+HTML + fetch() against the same API a program uses; relative URLs under a <base> of the app's
+route prefix."""
 
 from __future__ import annotations
 
