@@ -222,46 +222,49 @@ def test_web_page_generates_images_in_headless_chromium(served, runs, tmp_path, 
         options.add_argument(arg)
     browser = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=driver))
     try:
-        browser.get(served.url + "/")
         wait = WebDriverWait(browser, 60)
+
+        def fill(fields: dict[str, str]) -> None:
+            for field, value in fields.items():
+                box = browser.find_element(By.ID, field)
+                box.clear()
+                box.send_keys(value)
+
+        def generate(images: int, seed: int) -> None:
+            """Click Generate; wait for the status to name the seed and ``images`` decoded 16x16 images."""
+            browser.find_element(By.ID, "generate").click()
+            wait.until(lambda b: f"seed {seed}" in b.find_element(By.ID, "status").text and len(
+                b.find_elements(By.CSS_SELECTOR, "#images img.sample")) == images and all(
+                b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) == 16
+                for im in b.find_elements(By.CSS_SELECTOR, "#images img.sample")))
+
+        def shown(within) -> np.ndarray:
+            """The images shown under ``within`` (the page or one row), decoded from their data URLs."""
+            srcs = [im.get_attribute("src") for im in within.find_elements(By.CSS_SELECTOR, "img.sample")]
+            return np.stack([from_png(base64.b64decode(s.split(",", 1)[1])) for s in srcs])
+
+        browser.get(served.url + "/")
         wait.until(lambda b: len(Select(b.find_element(By.ID, "model")).options) == 5)
         Select(browser.find_element(By.ID, "model")).select_by_value("cond")
         assert browser.find_element(By.ID, "label").is_displayed()
         assert not browser.find_element(By.ID, "prompt").is_displayed()
         assert not browser.find_element(By.ID, "compare").is_displayed()  # not a few-step model
         Select(browser.find_element(By.ID, "label")).select_by_value("3")
-        for field, value in (("steps", "5"), ("n", "4"), ("seed", "11"), ("guidance", "0")):
-            box = browser.find_element(By.ID, field)
-            box.clear()
-            box.send_keys(value)
-        browser.find_element(By.ID, "generate").click()
-        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#images img.sample")) == 4 and all(
-            b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) == 16
-            for im in b.find_elements(By.CSS_SELECTOR, "#images img.sample")))
+        fill({"steps": "5", "n": "4", "seed": "11", "guidance": "0"})
+        generate(4, seed=11)
         browser.save_screenshot(str(tmp_path / "page.png"))
-        srcs = [im.get_attribute("src") for im in browser.find_elements(By.CSS_SELECTOR, "#images img.sample")]
-        shown = np.stack([from_png(base64.b64decode(s.split(",", 1)[1])) for s in srcs])
         ref = runs.cond_model.sample(4, steps=5, seed=11, labels=3).numpy()
-        assert np.abs(shown - ref).max() <= 0.51 / 255  # the page shows what model.sample makes
+        assert np.abs(shown(browser) - ref).max() <= 0.51 / 255  # the page shows what model.sample makes
         assert "seed 11" in browser.find_element(By.ID, "status").text
         # the text-to-image model: a prompt box instead of the class picker
         Select(browser.find_element(By.ID, "model")).select_by_value("text")
         assert browser.find_element(By.ID, "prompt").is_displayed()
         assert not browser.find_element(By.ID, "label").is_displayed()
         browser.find_element(By.ID, "prompt").send_keys("a handwritten digit seven")
-        for field, value in (("steps", "4"), ("n", "2"), ("seed", "5"), ("guidance", "2")):
-            box = browser.find_element(By.ID, field)
-            box.clear()
-            box.send_keys(value)
-        browser.find_element(By.ID, "generate").click()
-        wait.until(lambda b: "seed 5" in b.find_element(By.ID, "status").text and len(
-            b.find_elements(By.CSS_SELECTOR, "#images img.sample")) == 2 and all(
-            b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) == 16
-            for im in b.find_elements(By.CSS_SELECTOR, "#images img.sample")))
-        srcs = [im.get_attribute("src") for im in browser.find_elements(By.CSS_SELECTOR, "#images img.sample")]
-        shown = np.stack([from_png(base64.b64decode(s.split(",", 1)[1])) for s in srcs])
+        fill({"steps": "4", "n": "2", "seed": "5", "guidance": "2"})
+        generate(2, seed=5)
         ref = runs.text_model.sample(2, steps=4, seed=5, prompt="a handwritten digit seven", guidance=2.0).numpy()
-        assert np.abs(shown - ref).max() <= 0.51 / 255  # the typed prompt reached the model
+        assert np.abs(shown(browser) - ref).max() <= 0.51 / 255  # the typed prompt reached the model
         # a request over the limit shows the server's message naming the field
         steps = browser.find_element(By.ID, "steps")
         browser.execute_script("arguments[0].removeAttribute('max')", steps)
@@ -273,26 +276,16 @@ def test_web_page_generates_images_in_headless_chromium(served, runs, tmp_path, 
         # the LCM: one prompt and seed at 1, 2 and 4 steps, a captioned row each
         Select(browser.find_element(By.ID, "model")).select_by_value("lcm")
         assert browser.find_element(By.ID, "compare").is_selected() and not browser.find_element(By.ID, "steps").is_enabled()
-        prompt = browser.find_element(By.ID, "prompt")
-        prompt.clear()
-        prompt.send_keys("a handwritten digit three")
-        for field, value in (("n", "2"), ("seed", "9"), ("guidance", "4")):
-            box = browser.find_element(By.ID, field)
-            box.clear()
-            box.send_keys(value)
-        browser.find_element(By.ID, "generate").click()
-        wait.until(lambda b: "seed 9" in b.find_element(By.ID, "status").text and len(
-            b.find_elements(By.CSS_SELECTOR, "#images img.sample")) == 6 and all(
-            b.execute_script("return arguments[0].complete && arguments[0].naturalWidth", im) == 16
-            for im in b.find_elements(By.CSS_SELECTOR, "#images img.sample")))
+        browser.find_element(By.ID, "prompt").clear()
+        browser.find_element(By.ID, "prompt").send_keys("a handwritten digit three")
+        fill({"n": "2", "seed": "9", "guidance": "4"})
+        generate(6, seed=9)
         browser.save_screenshot(str(tmp_path / "page-lcm.png"))
         assert not browser.find_element(By.ID, "error").text
         rows = browser.find_elements(By.CSS_SELECTOR, "#images .row")
         assert [r.find_element(By.CLASS_NAME, "caption").text for r in rows] == ["1 step", "2 steps", "4 steps"]
-        for row, steps in zip(rows, (1, 2, 4)):
-            srcs = [im.get_attribute("src") for im in row.find_elements(By.CSS_SELECTOR, "img.sample")]
-            shown = np.stack([from_png(base64.b64decode(s.split(",", 1)[1])) for s in srcs])
-            ref = runs.lcm_model.sample(2, steps=steps, seed=9, prompt="a handwritten digit three", guidance=4.0).numpy()
-            assert np.abs(shown - ref).max() <= 0.51 / 255, steps  # each row is model.sample at its steps
+        for row, k in zip(rows, (1, 2, 4)):
+            ref = runs.lcm_model.sample(2, steps=k, seed=9, prompt="a handwritten digit three", guidance=4.0).numpy()
+            assert np.abs(shown(row) - ref).max() <= 0.51 / 255, k  # each row is model.sample at its steps
     finally:
         browser.quit()
