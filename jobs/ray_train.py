@@ -70,6 +70,7 @@ def _fit(run: RunSpec, run_dir: str, resume_from: str | None, checked, *, addres
         "keep": tr.keep_checkpoints, "parallelism": tr.parallelism, "streamed": streamed,
         "bad_samples": counter, "threads": max(1, int(tr.cpus_per_worker)),
     }
+    from jobs.loopback_torch import LoopbackTorchConfig
     from jobs.ray_context import worker_entry
     from jobs.storage import is_local, pyarrow_fs
 
@@ -84,7 +85,7 @@ def _fit(run: RunSpec, run_dir: str, resume_from: str | None, checked, *, addres
     trainer = trimmed(TorchTrainer, embedded=how == "embedded", datasets=bool(datasets))(
         worker_entry,
         train_loop_config=config,
-        torch_config=TorchConfig(backend="nccl" if use_gpu else "gloo"),
+        torch_config=(LoopbackTorchConfig if how == "embedded" else TorchConfig)(backend="nccl" if use_gpu else "gloo"),
         scaling_config=ray.train.ScalingConfig(num_workers=tr.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=ray.train.RunConfig(
             name="checkpoints",
@@ -207,21 +208,51 @@ def trimmed(trainer_cls, *, embedded: bool, datasets: bool):
     - the placement-group cleaner, on the embedded cluster: it watches the controller through
       the State API, which a cluster without a dashboard does not have, and the cluster ends
       with this process, placement groups included;
+    - the autoscaling coordinator, on the embedded cluster: the controller's scaling policy
+      registers the workers' resources with a detached actor that tells Ray's autoscaler what
+      to add, and a one-machine cluster has no autoscaler (the actor imports Ray Data and torch,
+      and the controller waits up to 5 s for its first answer while it starts);
     - the dataset manager, for a run without Ray Data datasets (it is started for none too).
     """
     from ray.train.v2._internal.callbacks import DatasetsCallback
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     drop = ((PlacementGroupCleanerCallback,) if embedded else ()) + (() if datasets else (DatasetsCallback,))
-    if not drop:
+    if not drop and not embedded:
         return trainer_cls
 
     class Trimmed(trainer_cls):
         def _create_default_callbacks(self):
             return [c for c in super()._create_default_callbacks() if not isinstance(c, drop)]
 
+        def _initialize_and_run_controller(self, **kwargs):
+            if embedded:
+                kwargs["scaling_policy"] = _fixed_without_autoscaler(kwargs["scaling_policy"])
+            return super()._initialize_and_run_controller(**kwargs)
+
     Trimmed.__name__ = Trimmed.__qualname__ = trainer_cls.__name__
     return Trimmed
+
+
+def _fixed_without_autoscaler(policy):
+    """Ray Train's fixed-size scaling policy minus its requests to the autoscaling coordinator
+    (see ``trimmed``); any other policy (elastic) as it is."""
+    from ray.train.v2._internal.execution.scaling_policy.fixed import FixedScalingPolicy
+
+    if type(policy) is not FixedScalingPolicy:
+        return policy
+
+    class NoAutoscaler(FixedScalingPolicy):
+        def after_controller_start(self, train_run_context) -> None:
+            pass
+
+        def _maybe_send_resource_request(self) -> None:
+            pass
+
+        def _cancel_resource_request(self) -> None:
+            pass
+
+    return NoAutoscaler(policy.scaling_config)
 
 
 def _data_config():
