@@ -31,12 +31,17 @@ def tensors(url: str, name: str) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="module")
-def references(ray_cluster, tmp_path_factory):
-    out = tmp_path_factory.mktemp("ray-train")
-    one = zoo.train("ddpm-digits", output=str(out / "one"), progress=False, **{**RUN, "workers": 1})
-    two = zoo.train("ddpm-digits", output=str(out / "two"), progress=False, **{**RUN, "workers": 2})
-    fsdp = zoo.train("ddpm-digits", output=str(out / "fsdp"), progress=False, **{**RUN, "workers": 2, "parallelism": "fsdp"})
-    return one, two, fsdp
+def references(tmp_path_factory, request):
+    """The uninterrupted runs on 1 worker, 2 DDP and 2 FSDP workers, trained on the session's
+    cluster once per spec and code (tests/train_cache.py: the spec key holds workers and
+    parallelism, the code hash everything a run imports)."""
+    from tests.train_cache import cached_train
+
+    def train(**kw):
+        return cached_train(tmp_path_factory, "ddpm-digits", before=lambda: request.getfixturevalue("ray_cluster"),
+                            **{**RUN, **kw})
+
+    return train(workers=1), train(workers=2), train(workers=2, parallelism="fsdp")
 
 
 @pytest.mark.parametrize("other", ["ddp", "fsdp"])
@@ -90,7 +95,7 @@ class KillOnce(Callback):
             os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_killed_worker_resumes_from_the_last_checkpoint_bit_identically(references, tmp_path):
+def test_killed_worker_resumes_from_the_last_checkpoint_bit_identically(references, ray_cluster, tmp_path):
     _, two, _ = references
     marker = tmp_path / "killed"
     run = zoo.train("ddpm-digits", output=str(tmp_path), progress=False, max_failures=1,

@@ -52,8 +52,8 @@ def head_node():
         yield url
     finally:  # the head node, its raylet, workers and job drivers: this process group only
         os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(10)
+        try:  # a graceful stop, briefly: what is left of the group is killed below either way
+            proc.wait(3)
         except subprocess.TimeoutExpired:
             pass
         try:

@@ -58,18 +58,20 @@ def test_the_target_is_sharded_like_the_student_and_updates_per_shard(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_ct_run_on_two_fsdp_workers_resumes_bit_identically(ray_cluster, tmp_path):
+def test_a_ct_run_on_two_fsdp_workers_resumes_bit_identically(ray_cluster, tmp_path, tmp_path_factory):
     """6 steps of CT on 2 FSDP workers; a copy of the run cut after step 4, whose Ray Train record
     still names step 6 (registered, then lost), resumes from the newest complete checkpoint
     (weights, EMA, optimizer and theta^- resharded) and ends where the uninterrupted run ended,
     bit for bit. (The plain-objective FSDP resume of tests/test_ray_train.py was this test without
     theta^-; it is folded in here.)"""
+    from tests.train_cache import cached_train
     from zoo import checkpoint as ckpt
 
     kw = tiny_overrides(steps=6, workers=2, parallelism="fsdp", keep_checkpoints=3,
                         objective={"kind": "ct", "s0": 2, "s1": 10, "mu0": 0.9, "rho": 7.0, "distance": "l2",
                                    "huber_c": None}, denoiser={"kind": "consistency"})
-    straight = zoo.train("ddpm-digits", output=str(tmp_path / "a"), progress=False, **kw)
+    # the uninterrupted run: once per spec and code (tests/train_cache.py); the resume below is live
+    straight = cached_train(tmp_path_factory, "ddpm-digits", **kw)
     cut = tmp_path / "b" / Path(straight.dir).name
     shutil.copytree(straight.dir, cut)
     shutil.rmtree(cut / "checkpoints" / "step_00000006")
