@@ -67,8 +67,8 @@ deadline = time.time() + 300
 while ray.cluster_resources().get("CPU", 0) < 4:  # both nodes
     assert time.time() < deadline, ray.cluster_resources()
     time.sleep(0.5)
-callbacks = [HoldAfter(a["folder"], a["hold"])] if a["hold"] else []
-run = zoo.train("ddpm-digits", output=a["output"], progress=False, callbacks=callbacks, **a["overrides"])
+run = zoo.train("ddpm-digits", output=a["output"], progress=False, callbacks=[HoldAfter(a["folder"], a["hold"])],
+                **a["overrides"])
 print("RESULT " + json.dumps({"dir": run.dir, "checkpoint": run.checkpoint}), flush=True)
 '''
 
@@ -139,7 +139,7 @@ def two_nodes(s3_server, tmp_path):
         shutil.rmtree(temp, ignore_errors=True)
 
 
-def drive(address: str, output: str, folder: Path, hold: int | None, tmp_path: Path) -> subprocess.Popen:
+def drive(address: str, output: str, folder: Path, hold: int, tmp_path: Path) -> subprocess.Popen:
     script = tmp_path / "driver.py"
     script.write_text(DRIVER)
     args = {"address": address, "output": output, "folder": str(folder), "hold": hold, "overrides": RUN}

@@ -22,8 +22,8 @@ RAY_LINES = ("INFO", "WARNING", "Traceback", "Reporting training result", "Token
 
 
 def zoo_train(tmp_path: Path, *extra: str, wait: bool = True, **overrides):
-    """`zoo train` of a tiny ddpm-digits in a fresh process, stdout and stderr pipes (not a tty):
-    its CompletedProcess, or the running Popen (``wait=False``)."""
+    """`zoo train` of a tiny ddpm-digits in a fresh process whose stdout and stderr are not a tty:
+    its CompletedProcess (pipes), or the running Popen (``wait=False``: files in tmp_path)."""
     pairs = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(grid_samples=4, **overrides).items()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
