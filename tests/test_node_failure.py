@@ -160,21 +160,33 @@ def result(proc: subprocess.Popen, timeout: float = 600) -> dict:
     return json.loads(next(line for line in out.splitlines() if line.startswith("RESULT "))[7:])
 
 
-def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 600) -> None:
+def wait_for(done, what: str, proc: subprocess.Popen, output, timeout: float = 600, poll: float = 0.5) -> None:
+    """Until ``done()``; fails with ``output()`` when ``proc`` ends first, or after ``timeout``."""
     deadline = time.time() + timeout
-    while not path.exists():
-        assert proc.poll() is None, proc.communicate()[0][-6000:]
-        assert time.time() < deadline, f"{path} never appeared"
-        time.sleep(0.5)
+    while not done():
+        assert proc.poll() is None, output()[-6000:]
+        assert time.time() < deadline, f"{what} not in {timeout:.0f} s"
+        time.sleep(poll)
+
+
+def uninterrupted(request, **overrides):
+    """The run that never stopped: trained once per spec and code (tests/train_cache.py) on the
+    session's cluster."""
+    from tests.train_cache import cached_train
+
+    return cached_train(request.getfixturevalue("tmp_path_factory"), "ddpm-digits",
+                        before=lambda: request.getfixturevalue("ray_cluster"), **overrides)
+
+
+def assert_bit_identical(a: str, b: str) -> None:
+    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
+        x, y = ckpt.Checkpoint(a).tensors(name), ckpt.Checkpoint(b).tensors(name)
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
 
 
 @pytest.fixture()
-def straight(tmp_path_factory, request):
-    """The run that never stopped: trained once per spec and code (tests/train_cache.py) on the
-    session's cluster, before the two nodes start."""
-    from tests.train_cache import cached_train
-
-    return cached_train(tmp_path_factory, "ddpm-digits", before=lambda: request.getfixturevalue("ray_cluster"), **RUN)
+def straight(request):
+    return uninterrupted(request, **RUN)  # before the two nodes start (the argument order below)
 
 
 def test_a_run_that_loses_a_node_restarts_when_it_returns_and_ends_bit_identical(straight, two_nodes, tmp_path):
@@ -186,7 +198,8 @@ def test_a_run_that_loses_a_node_restarts_when_it_returns_and_ends_bit_identical
     folder.mkdir()
     proc = drive(address, "s3://zoo-nodes/killed", folder, 4, tmp_path)
     try:
-        wait_for(folder / "reached", proc)  # every rank is past step 4; step_00000003 is complete
+        reached = folder / "reached"  # every rank is past step 4; step_00000003 is complete
+        wait_for(reached.exists, str(reached), proc, lambda: proc.communicate()[0])
         ranks = [(folder / f"node-{r}").read_text() for r in range(2)]
         assert ranks[0] != ranks[1], "one worker on each node"
         nodes["second"].kill()  # the node dies: raylet, its workers and `ray start`
@@ -203,10 +216,7 @@ def test_a_run_that_loses_a_node_restarts_when_it_returns_and_ends_bit_identical
     rows = [json.loads(line) for line in s3.cat_file(f"{killed['dir']}/metrics.jsonl").decode().splitlines()]
     resumed = [r for r in rows if r.get("event") == "resumed"]
     assert resumed and resumed[-1]["step"] == 3, "the group restarted from step_00000003"
-    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
-        a = ckpt.Checkpoint(straight.checkpoint).tensors(name)
-        b = ckpt.Checkpoint(killed["checkpoint"]).tensors(name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert_bit_identical(straight.checkpoint, killed["checkpoint"])
 
 
 # 12 steps, checkpointed every 3 (about 1.5 s a step across the two nodes): a job cannot be held by a
@@ -215,11 +225,8 @@ SUBMITTED = {**RUN, "steps": 12, "keep_checkpoints": 2}
 
 
 @pytest.fixture()
-def straight_12(tmp_path_factory, request):
-    from tests.train_cache import cached_train
-
-    return cached_train(tmp_path_factory, "ddpm-digits", before=lambda: request.getfixturevalue("ray_cluster"),
-                        **SUBMITTED)
+def straight_12(request):
+    return uninterrupted(request, **SUBMITTED)
 
 
 def test_a_submitted_job_survives_the_loss_of_a_worker_node(straight_12, two_nodes, tmp_path):
@@ -235,17 +242,14 @@ def test_a_submitted_job_survives_the_loss_of_a_worker_node(straight_12, two_nod
     with open(tmp_path / "submit.log", "w") as log:
         proc = subprocess.Popen([sys.executable, "-m", "zoo.cli", "submit", "ddpm-digits", *pairs, "--address", dashboard],
                                 stdout=log, stderr=subprocess.STDOUT, env=env)
+    def two_checkpoints() -> bool:
+        # the older one is surely registered with Ray Train (a node that dies while the first is
+        # uploaded restarts the run from step 0, which proves less)
+        s3.invalidate_cache()  # s3fs keeps listings: list anew each time
+        return len(s3.glob("zoo-jobs/runs/ddpm-digits-*/checkpoints/step_*/manifest.json")) >= 2
+
     try:
-        deadline = time.time() + 600
-        while True:
-            s3.invalidate_cache()  # s3fs keeps listings: list anew each time
-            # two complete checkpoints: the older one is surely registered with Ray Train (a node that
-            # dies while the first is uploaded restarts the run from step 0, which proves less)
-            if len(s3.glob("zoo-jobs/runs/ddpm-digits-*/checkpoints/step_*/manifest.json")) >= 2:
-                break
-            assert proc.poll() is None, (tmp_path / "submit.log").read_text()[-6000:]
-            assert time.time() < deadline, "no checkpoint in 600 s"
-            time.sleep(0.2)
+        wait_for(two_checkpoints, "two complete checkpoints", proc, (tmp_path / "submit.log").read_text, poll=0.2)
         nodes["second"].kill()
         time.sleep(5)
         start_second()
@@ -260,9 +264,5 @@ def test_a_submitted_job_survives_the_loss_of_a_worker_node(straight_12, two_nod
     rows = [json.loads(line) for line in s3.cat_file(f"{run_dir}/metrics.jsonl").decode().splitlines()]
     resumed = [r["step"] for r in rows if r.get("event") == "resumed"]
     assert resumed, f"the run never restarted: the node died too late? {out[-3000:]}"
-    final = f"s3://{run_dir}/checkpoints/step_00000012"
-    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
-        a = ckpt.Checkpoint(straight_12.checkpoint).tensors(name)
-        b = ckpt.Checkpoint(final).tensors(name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert_bit_identical(straight_12.checkpoint, f"s3://{run_dir}/checkpoints/step_00000012")
     print(f"the job's run restarted from step {resumed} and ended bit-identical")
