@@ -71,6 +71,7 @@ def _fit(run: RunSpec, run_dir: str, resume_from: str | None, checked, *, addres
         "bad_samples": counter, "threads": max(1, int(tr.cpus_per_worker)),
     }
     from jobs.loopback_torch import LoopbackTorchConfig
+    from jobs.stop_on_zoo_error import StopOnZooError
     from jobs.ray_context import worker_entry
     from jobs.storage import is_local, pyarrow_fs
 
@@ -218,7 +219,7 @@ def trimmed(trainer_cls, *, embedded: bool, datasets: bool):
     from ray.train.v2._internal.callbacks.placement_group_callback import PlacementGroupCleanerCallback
 
     drop = ((PlacementGroupCleanerCallback,) if embedded else ()) + (() if datasets else (DatasetsCallback,))
-    if not drop and not embedded:
+    if not drop:  # a joined cluster's run with datasets: as it is
         return trainer_cls
 
     class Trimmed(trainer_cls):
@@ -278,19 +279,3 @@ def zoo_error(e: BaseException) -> ZooError | None:
         stack.extend([getattr(cur, "controller_failure", None), getattr(cur, "cause", None), cur.__cause__])
         stack.extend(a for a in getattr(cur, "args", ()) if isinstance(a, BaseException))
     return None
-
-
-def _user_callback_base():
-    from ray.train.v2.api.callback import UserCallback
-
-    return UserCallback
-
-
-class StopOnZooError(_user_callback_base()):
-    """On the controller: a worker failed with a ZooError (NaN loss, bad data, a corrupt
-    checkpoint) that a restart would only repeat: raise, which stops the run without retries."""
-
-    def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
-        for rank, err in sorted(worker_exceptions.items()):
-            if isinstance(err, ZooError):
-                raise err
