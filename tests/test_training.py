@@ -144,3 +144,19 @@ def test_tensor_file_source_passes_every_column(tmp_path):
     assert run.checkpoint is not None
     with pytest.raises(zoo.DataError, match="missing.safetensors"):
         open_data(zoo.get("ddpm-digits", data=str(tmp_path / "missing.safetensors")).train)
+
+
+def test_the_shipped_digits_are_scikit_learns_without_importing_it():
+    """zoo.data.digits reads the file scikit-learn ships (no scikit-learn import in a fresh
+    worker): the same images and labels as ``load_digits``, and the fixed split covers them once."""
+    import numpy as np
+    from sklearn.datasets import load_digits
+
+    from zoo.data import digits
+
+    images, labels = digits._raw()
+    ref = load_digits()
+    assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
+    (train_x, train_y), (held_x, held_y) = digits.load("train"), digits.load("heldout")
+    assert len(train_y) + len(held_y) == len(ref.target) and len(held_y) == digits.HELD_OUT
+    assert sorted(torch.cat([train_y, held_y]).tolist()) == sorted(ref.target.tolist())
