@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from components.denoisers.base import Cond, Prediction
 from components.noise.base import NoiseProcess
-from components.util import bcast
+from components.util import bcast, per_time
 
 
 class GaussianDenoiser(nn.Module):
@@ -32,7 +32,7 @@ class GaussianDenoiser(nn.Module):
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Prediction:
         t = t.to(x.device).double().expand(x.shape[0])
         x64 = x.double()
-        a, sg = bcast(self.process.alpha(t), x64), bcast(self.process.sigma(t), x64)
+        a, sg = (bcast(v, x64) for v in per_time(lambda u: (self.process.alpha(u), self.process.sigma(u)), t))
         mu, s2 = self.mu.to(x.device), self.s.to(x.device) ** 2
         var = a * a * s2 + sg * sg  # of x_t, per dimension
         x0 = mu + a * s2 / var * (x64 - a * mu)

@@ -20,6 +20,7 @@ from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
 from components.spec import Spec
+from components.util import per_time
 
 
 class Solver(Protocol):
@@ -82,9 +83,11 @@ class StepSolver:
 def row_alpha_sigma(process: NoiseProcess, t: Tensor) -> tuple[Tensor, Tensor]:
     """(alpha(t), sigma(t)) of per-row times (B,), in float64; sigma = 0 where t = 0 (the clean
     end, as :func:`alpha_sigma`)."""
-    t = t.double()
-    a, s = process.alpha(t), process.sigma(t)
-    return a, torch.where(t == 0, torch.zeros_like(s), s)
+    def both(t: Tensor) -> tuple[Tensor, Tensor]:
+        a, s = process.alpha(t), process.sigma(t)
+        return a, torch.where(t == 0, torch.zeros_like(s), s)
+
+    return per_time(both, t.double())
 
 
 def model_t(t: Tensor, x: Tensor) -> Tensor:

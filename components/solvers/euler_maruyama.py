@@ -25,7 +25,7 @@ from components.noise.base import NoiseProcess
 from components.random import RandomSource
 from components.solvers.base import SolverTraits, StepSolver, fresh_noise, model_t, row_alpha_sigma
 from components.spec import Spec
-from components.util import bcast
+from components.util import bcast, per_time
 
 
 class EulerMaruyamaSpec(SolverTraits, Spec):
@@ -47,7 +47,7 @@ class EulerMaruyama(StepSolver):
             return pred.x0
         z = fresh_noise(x, rng)
         prior = a_t == 0  # rectified prior: sample the posterior N(alpha_s x0_hat, sigma_s^2 I)
-        da, ds = process.derivatives(t.double())
+        da, ds = per_time(process.derivatives, t.double())
         a_safe = torch.where(prior, torch.ones_like(a_t), a_t)
         f = da / a_safe
         g2 = (2 * s_t * ds - 2 * f * s_t**2).clamp_min(0)

@@ -20,7 +20,7 @@ from components.denoisers.base import DenoiseFn
 from components.noise.base import NoiseProcess
 from components.random import RandomSource
 from components.solvers.base import SolverTraits, StepSolver, model_t
-from components.util import bcast
+from components.util import bcast, per_time
 from components.spec import Spec
 
 
@@ -37,4 +37,4 @@ class RfEuler(StepSolver):
     ) -> Tensor:
         pred = denoise(x, model_t(t, x))
         t64 = t.double()
-        return x + bcast(s.double() - t64, x) * pred.velocity(*process.derivatives(t64))
+        return x + bcast(s.double() - t64, x) * pred.velocity(*per_time(process.derivatives, t64))
