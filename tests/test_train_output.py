@@ -21,16 +21,14 @@ RAY_LINES = ("INFO", "WARNING", "Traceback", "Reporting training result", "Token
              "TrainController", "pid=")
 
 
-def zoo_train(tmp_path: Path, *extra: str, wait: bool = True, **overrides):
-    """`zoo train` of a tiny ddpm-digits in a fresh process whose stdout and stderr are not a tty:
-    its CompletedProcess (pipes), or the running Popen (``wait=False``: files in tmp_path)."""
+def zoo_train(tmp_path: Path, *extra: str, **overrides) -> subprocess.Popen:
+    """`zoo train` of a tiny ddpm-digits started in a fresh process whose stdout and stderr are
+    not a tty (files in tmp_path: nobody reads a pipe while it runs, and a full one would stall it);
+    :func:`finished` waits for it."""
     pairs = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(grid_samples=4, **overrides).items()]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)
     cmd = [sys.executable, "-m", "zoo.cli", "train", "ddpm-digits", *pairs, "--output", str(tmp_path), *extra]
-    if wait:
-        return subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=900)
-    # files, not pipes: nobody reads a pipe while it runs, and a full one would stall it
     with open(tmp_path / "stdout", "w") as out, open(tmp_path / "stderr", "w") as err:
         return subprocess.Popen(cmd, stdout=out, stderr=err, env=env, cwd=ROOT)
 
@@ -51,31 +49,14 @@ def check_quiet(r: subprocess.CompletedProcess, tmp_path: Path, steps: int) -> P
     return run_dir
 
 
-@pytest.mark.slow  # a fresh process importing Ray and torch: ~15 s each
-def test_train_in_a_pipe_prints_one_bar_line_and_logs_ray_to_the_run_folder(tmp_path):
-    r = zoo_train(tmp_path, steps=4)
-    run_dir = check_quiet(r, tmp_path, 4)
-    log = (run_dir / "ray.log").read_text()
-    assert "local mode" in log, f"Ray Train's local-mode notice should be in ray.log: {log!r}"
-
-
-@pytest.mark.slow  # a fresh process importing Ray and torch: ~15 s each
-def test_verbose_shows_ray_and_writes_no_log_file(tmp_path):
-    r = zoo_train(tmp_path, "--verbose", steps=2)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert "local mode" in r.stderr, r.stderr
-    (run_dir,) = tmp_path.glob("ddpm-digits-*")
-    assert not (run_dir / "ray.log").exists() and "Ray's log" not in r.stdout
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="reads listening sockets from Linux's /proc")
-def test_train_on_the_embedded_cluster_is_quiet_and_listens_on_loopback_only(tmp_path):
+def test_train_on_the_embedded_cluster_is_quiet_and_listens_on_loopback_only(tmp_path, side_runs):
     """One Ray Train worker on a fresh embedded cluster: the controller's and the worker's
     output land in ray.log, the terminal has the bar and the summary only. Every TCP port the
     cluster's processes (GCS, raylet, agents, workers, the driver) listen on while it trains is
     bound to a loopback address (issue 11 item 7)."""
-    proc = zoo_train(tmp_path, steps=4, workers=1, wait=False)
+    proc = zoo_train(tmp_path, steps=4, workers=1)
     ports: dict[tuple, dict] = {}
     deadline = time.monotonic() + 900
     while proc.poll() is None and time.monotonic() < deadline:  # the whole process tree's listeners, while it runs
@@ -83,13 +64,57 @@ def test_train_on_the_embedded_cluster_is_quiet_and_listens_on_loopback_only(tmp
         time.sleep(0.5)
     if proc.poll() is None:
         proc.kill()
-    out, err = ((tmp_path / name).read_text() for name in ("stdout", "stderr"))
-    run_dir = check_quiet(subprocess.CompletedProcess(proc.args, proc.wait(), out, err), tmp_path, 4)
+    run_dir = check_quiet(finished(proc, tmp_path), tmp_path, 4)
     assert (run_dir / "ray.log").stat().st_size > 0
     found = sorted(ports.values(), key=lambda p: (p["pid"], p["port"]))
     assert len({p["pid"] for p in found}) >= 3, f"found too few listening processes to judge (GCS, raylet, driver at least): {found}"
     exposed = [p for p in found if not is_loopback(p["ip"])]
     assert exposed == [], f"ports of the embedded cluster on non-loopback addresses: {exposed} (all: {found})"
+
+
+@pytest.fixture(scope="module")
+def side_runs(tmp_path_factory):
+    """The pipe run and the --verbose run (workers=0: Ray Train's local mode, no cluster), started
+    together when the module's first test asks: each is a fresh process importing Ray and torch
+    (about 15 s alone), mostly one core's work, so the two of them and the embedded-cluster run
+    above share the two cores."""
+    pipe, verbose = tmp_path_factory.mktemp("pipe"), tmp_path_factory.mktemp("verbose")
+    procs = {"pipe": (zoo_train(pipe, steps=4), pipe),
+             "verbose": (zoo_train(verbose, "--verbose", steps=2), verbose)}
+    yield procs
+    for proc, _ in procs.values():
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def finished(proc: subprocess.Popen, folder: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    """A ``zoo_train(...)`` run once it ended, as ``subprocess.run`` returns it."""
+    try:
+        rc = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        rc = proc.wait()
+    out, err = ((folder / name).read_text() for name in ("stdout", "stderr"))
+    return subprocess.CompletedProcess(proc.args, rc, out, err)
+
+
+@pytest.mark.slow  # a fresh process importing Ray and torch
+def test_train_in_a_pipe_prints_one_bar_line_and_logs_ray_to_the_run_folder(side_runs):
+    proc, folder = side_runs["pipe"]
+    run_dir = check_quiet(finished(proc, folder), folder, 4)
+    log = (run_dir / "ray.log").read_text()
+    assert "local mode" in log, f"Ray Train's local-mode notice should be in ray.log: {log!r}"
+
+
+@pytest.mark.slow  # a fresh process importing Ray and torch
+def test_verbose_shows_ray_and_writes_no_log_file(side_runs):
+    proc, folder = side_runs["verbose"]
+    r = finished(proc, folder)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "local mode" in r.stderr, r.stderr
+    (run_dir,) = folder.glob("ddpm-digits-*")
+    assert not (run_dir / "ray.log").exists() and "Ray's log" not in r.stdout
 
 
 def is_loopback(ip: str) -> bool:
