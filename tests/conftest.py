@@ -176,6 +176,20 @@ def ray_cluster(s3_server):
         local_cluster.shutdown()
 
 
+@pytest.fixture(scope="session")
+def serve_instance(ray_cluster):
+    """Ray Serve's controller and HTTP proxy on the session's cluster (127.0.0.1, a free port),
+    started once: each serving test file deploys its applications and deletes them (starting
+    and stopping Serve takes about 5 s each time). Shut down at the end of the session."""
+    from ray import serve as ray_serve
+
+    from tests.serve_support import start_serve
+
+    start_serve()
+    yield
+    ray_serve.shutdown()
+
+
 @pytest.fixture()
 def one_thread():
     """Run a test single-threaded: the closed-form tests are thousands of small tensor ops, which

@@ -10,7 +10,7 @@ import pytest
 
 import zoo
 from tests.conftest import tiny_overrides
-from tests.serve_support import start_serve, untrained_weights
+from tests.serve_support import untrained_weights
 
 pytestmark = pytest.mark.slow
 
@@ -29,10 +29,7 @@ def wait_for(predicate, timeout: float, poll: float = 0.25) -> bool:
     return predicate()
 
 
-def test_deployment_grows_under_sustained_load_and_shrinks_back(ray_cluster, tmp_path):
-    from ray import serve as ray_serve
-
-    start_serve()
+def test_deployment_grows_under_sustained_load_and_shrinks_back(serve_instance, tmp_path):
     weights = untrained_weights(str(tmp_path / "weights.safetensors"))
     served = zoo.serve(
         {"model": "ddpm-digits", "name": "scaled", "weights": weights, "overrides": tiny_overrides()},
@@ -72,4 +69,3 @@ def test_deployment_grows_under_sustained_load_and_shrinks_back(ray_cluster, tmp
     finally:
         stop.set()
         served.shutdown()
-        ray_serve.shutdown()

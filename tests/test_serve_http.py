@@ -20,7 +20,7 @@ import torch
 
 import zoo
 from serve.encoding import from_png
-from tests.serve_support import faulty, start_serve, train_tiny
+from tests.serve_support import faulty, train_tiny
 from zoo import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -49,10 +49,7 @@ def runs(tmp_path_factory, s3_server):
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, runs):
-    from ray import serve as ray_serve
-
-    start_serve()
+def served(serve_instance, runs):
     broken = faulty(zoo.load(runs.cond), fail_label=7)
     broken.name = "faulty"
     s = zoo.serve(
@@ -65,7 +62,6 @@ def served(ray_cluster, runs):
     )
     yield s
     s.shutdown()
-    ray_serve.shutdown()
 
 
 def post(client, name: str, body, raw: bytes | None = None):

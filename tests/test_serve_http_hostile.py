@@ -12,7 +12,6 @@ import torch
 
 import zoo
 from tests.conftest import tiny_overrides
-from tests.serve_support import start_serve
 from zoo import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
@@ -21,16 +20,13 @@ KEY = "test-key-0123456789"
 
 
 @pytest.fixture(scope="module")
-def served(ray_cluster, tmp_path_factory):
-    from ray import serve as ray_serve
-
+def served(serve_instance, tmp_path_factory):
     folder = tmp_path_factory.mktemp("hostile")
     run = zoo.get("ddpm-digits", **tiny_overrides())
     torch.manual_seed(0)
     sd = zoo.build("ddpm-digits", **tiny_overrides()).trainable_state_dict()
     path = str(ckpt.write(folder / "step_00000001", run.model_dump_json(), sd, sd, {"state": {}, "param_groups": []}, 1))
     (folder / "key").write_text(KEY + "\n")
-    start_serve()
     s = zoo.serve(
         {"model": path, "name": "digits"},
         {"model": path, "name": "slow", "limits": {"timeout_s": 0.001}},
@@ -38,7 +34,6 @@ def served(ray_cluster, tmp_path_factory):
     )
     yield s
     s.shutdown()
-    ray_serve.shutdown()
 
 
 def post(client, name, body=None, raw=None):
