@@ -11,6 +11,8 @@ in its runtime env (the cluster needs torch and Ray, not diffusion-zoo). The job
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import shutil
 import sys
 import tempfile
@@ -35,6 +37,26 @@ class SubmittedJob:
 
     def __repr__(self) -> str:
         return f"SubmittedJob({self.job_id!r}, address={self.address!r}, status={self.status!r})"
+
+
+JOB_ENV = {"RAY_DEDUP_LOGS": "0"}
+# the loggers of Ray's job SDK and packaging, which log each upload and the end of the log stream at INFO
+# (Ray sets INFO on them)
+SDK_LOGGERS = ("ray.dashboard.modules.dashboard_sdk", "ray._private.runtime_env.packaging", "ray.dashboard.modules.job.sdk")
+
+
+@contextlib.contextmanager
+def quiet(names: tuple[str, ...]):
+    """Those loggers at WARNING while the block runs where they are at Ray's own INFO (or unset);
+    a level the user chose (DEBUG, say) stays."""
+    loggers = [(lg, lg.level) for lg in map(logging.getLogger, names) if lg.level in (logging.NOTSET, logging.INFO)]
+    for lg, _ in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in loggers:
+            lg.setLevel(level)
 
 
 IGNORE = shutil.ignore_patterns(".git", ".venv", "__pycache__", "*.pyc", "runs", ".pytest_cache")
@@ -63,23 +85,27 @@ def submit(model, *, address: str, resume: bool | str = False, follow: bool = Tr
             shutil.copytree(working_dir, staging, ignore=IGNORE, dirs_exist_ok=True)
         (staging / "run_spec.json").write_text(run.model_dump_json(indent=1))
         renv = {**code_runtime_env(), **(runtime_env or {}), "working_dir": str(staging)}
-        if env:
-            renv["env_vars"] = {**renv.get("env_vars", {}), **env}
+        # the job's driver prints its workers' lines as they come, into the run's ray.log
+        # (jobs.ray_log): Ray's deduplication held repeated lines back and printed them when the
+        # driver exited, after the run's log was closed, into the job's own logs
+        renv["env_vars"] = {**JOB_ENV, **renv.get("env_vars", {}), **(env or {})}
         resume_arg = "" if not resume else (" --resume latest" if resume is True else f" --resume {resume}")
         client = JobSubmissionClient(address)
-        job_id = _retry_until_agent(lambda: client.submit_job(
-            entrypoint=f"python -m jobs.entry run_spec.json{resume_arg}",
-            runtime_env=renv,
-            entrypoint_num_cpus=entrypoint_num_cpus,
-            metadata={"zoo_model": run.name, "zoo_spec_hash": run.hash()},
-        ))
+        with quiet(SDK_LOGGERS):  # Ray's notices of each package it uploads
+            job_id = _retry_until_agent(lambda: client.submit_job(
+                entrypoint=f"python -m jobs.entry run_spec.json{resume_arg}",
+                runtime_env=renv,
+                entrypoint_num_cpus=entrypoint_num_cpus,
+                metadata={"zoo_model": run.name, "zoo_spec_hash": run.hash()},
+            ))
     finally:
         shutil.rmtree(staging, ignore_errors=True)  # uploaded by submit_job
     job = SubmittedJob(job_id, address)
     out = out or sys.stdout
     print(f"job: {job_id}", file=out, flush=True)
     if follow:
-        job.status = wait(client, job_id, out)
+        with quiet(SDK_LOGGERS):  # and of the log stream's end
+            job.status = wait(client, job_id, out)
         if job.status != "SUCCEEDED":
             raise JobFailedError(f"job {job_id} on {address} ended {job.status} (logs: `ray job logs {job_id} "
                                  f"--address {address}`)")

@@ -37,3 +37,23 @@ def test_train_then_sample(tmp_path):
     r = runner.invoke(app, ["sample", ck, "--n", "4", "--steps", "3", "--solver", "ddpm", "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_submit_quiets_rays_upload_notices_and_keeps_a_level_the_user_chose():
+    """`zoo submit` lowers Ray's job-SDK loggers from their INFO to WARNING while it uploads and
+    follows (tests/test_submit.py checks the output of a real job), restores them after, and
+    leaves a logger the user set to DEBUG as it is."""
+    import logging
+
+    from jobs.submit import SDK_LOGGERS, quiet
+
+    sdk, packaging, job = map(logging.getLogger, SDK_LOGGERS)
+    before = [lg.level for lg in (sdk, packaging, job)]
+    packaging.setLevel(logging.DEBUG)
+    try:
+        with quiet(SDK_LOGGERS):
+            assert not sdk.isEnabledFor(logging.INFO) and not job.isEnabledFor(logging.INFO)
+            assert packaging.level == logging.DEBUG
+        assert sdk.level == before[0] and job.level == before[2] and packaging.level == logging.DEBUG
+    finally:
+        packaging.setLevel(before[1])

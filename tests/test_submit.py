@@ -186,6 +186,11 @@ def test_a_submitted_job_survives_the_loss_of_a_worker_node_and_reports_success(
     out = (tmp_path / "stdout").read_text()
     assert rc == 0 and out.startswith("job: raysubmit_") and out.rstrip().endswith("SUCCEEDED"), output()[-6000:]
     assert "checkpoint:" in out, "the job's logs were followed: " + output()[-3000:]
+    # what the user sees: the job's id, its bar and summary, its status; Ray's own lines (its
+    # workers', its uploads') are in the run's ray.log, not here
+    noise = [line for line in output().splitlines()
+             if any(s in line for s in ("(RayTrainWorker", "TrainingReport(", "repeated", "Uploading package", "WebSocket"))]
+    assert noise == [], noise
     (run_dir,) = s3.glob("zoo-jobs/runs/ddpm-digits-*")
     rows = [json.loads(line) for line in s3.cat_file(f"{run_dir}/metrics.jsonl").decode().splitlines()]
     resumed = [r["step"] for r in rows if r.get("event") == "resumed"]
