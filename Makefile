@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# Trains fm-digits-quick (flow matching) on the shipped digits (about 3 minutes on 2 idle CPU cores) and writes a sample grid.
+# Trains fm-digits-quick (flow matching) on the shipped digits (about 2.5 minutes on 2 idle CPU cores) and writes a sample grid.
 demo: $(STAMP)
 	$(BIN)/zoo train fm-digits-quick --output runs/demo
 
