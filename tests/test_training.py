@@ -159,4 +159,5 @@ def test_the_shipped_digits_are_scikit_learns_without_importing_it():
     assert np.array_equal(images, ref.images) and np.array_equal(labels, ref.target)
     (train_x, train_y), (held_x, held_y) = digits.load("train"), digits.load("heldout")
     assert len(train_y) + len(held_y) == len(ref.target) and len(held_y) == digits.HELD_OUT
+    assert train_x.shape == (len(train_y), 1, 16, 16) and held_x.shape == (digits.HELD_OUT, 1, 16, 16)
     assert sorted(torch.cat([train_y, held_y]).tolist()) == sorted(ref.target.tolist())
