@@ -75,8 +75,8 @@ def ports() -> list[str]:
 @pytest.fixture(scope="module")
 def two_nodes(s3_server, tmp_path_factory):
     """A head (with the job server of its dashboard) and a second node on 127.0.0.1, started
-    after the S3 server (they inherit its endpoint); yields (address, the dashboard's URL, start
-    the second node again, the nodes)."""
+    after the S3 server (they inherit its endpoint); yields (the dashboard's URL, start the second
+    node again, the nodes)."""
     logs = tmp_path_factory.mktemp("nodes")
     temp = tempfile.mkdtemp(prefix="zr-", dir="/tmp")  # short: Ray's socket paths have a length limit
     port, dashboard = free_port(), free_port()
@@ -95,7 +95,7 @@ def two_nodes(s3_server, tmp_path_factory):
         wait_for(lambda: answers(url + "/api/version"), "the head's job server", head.proc, (logs / "head.log").read_text,
                  timeout=120)  # its GCS is up before the second node joins
         start_second()
-        yield address, url, start_second, nodes
+        yield url, start_second, nodes
     finally:
         if nodes["second"] is not None:
             nodes["second"].kill()
@@ -154,7 +154,7 @@ def test_a_submitted_job_survives_the_loss_of_a_worker_node_and_reports_success(
     complete checkpoints and started again 5 s later; the job SUCCEEDS, its run restarted from a
     checkpoint (so a worker was on the node that died) and ended bit-identical to one that never
     stopped."""
-    _, dashboard, start_second, nodes = two_nodes
+    dashboard, start_second, nodes = two_nodes
     s3 = fsspec.filesystem("s3")
     s3.mkdir("zoo-jobs")
     pairs = [f"{k}={json.dumps(v)}" for k, v in {**SUBMITTED, "output": "s3://zoo-jobs/runs"}.items()]
@@ -200,7 +200,7 @@ def test_a_submitted_job_survives_the_loss_of_a_worker_node_and_reports_success(
 
 
 def test_submit_exits_with_the_failed_job_status(two_nodes, tmp_path):
-    _, dashboard, _, _ = two_nodes
+    dashboard, _, _ = two_nodes
     pairs = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(output=str(tmp_path), data=str(tmp_path / "gone.safetensors")).items()]
     r = CliRunner().invoke(app, ["submit", "ddpm-digits", *pairs, "--address", dashboard])
     assert r.exit_code == 1 and "FAILED" in r.stderr and "gone.safetensors" in r.stdout
