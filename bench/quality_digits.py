@@ -21,7 +21,6 @@ ddpm-digits alone (2 solvers x NFE 1..32 x 500 samples) on 2 CPU cores shared wi
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import json
 import os
 import sys
@@ -98,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="Ray workers for sampling")
     p.add_argument("--output", default="runs/quality_digits", help="where runs and the report go")
     p.add_argument("--retrain", action="store_true", help="train afresh even if a run exists")
-    p.add_argument("--pd-rounds", type=int, default=2, help="chained progressive-distillation rounds (pd entries)")
+    p.add_argument("--pd-rounds", type=int, default=3, help="chained progressive-distillation rounds (pd entries)")
     args = p.parse_args(argv)
     torch.manual_seed(0)
     t0 = time.perf_counter()

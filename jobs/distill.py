@@ -1,7 +1,7 @@
 """``zoo.distill``: a trained model in, a distilled run out (DESIGN.md 2b).
 
     run = zoo.distill("runs/edm-digits-1a2b", into="cd")          # consistency distillation
-    run = zoo.distill("runs/ddpm-digits-3c4d", into="pd", rounds=3)  # progressive, 16 -> 8 -> 4 steps
+    run = zoo.distill("runs/ddpm-digits-3c4d", into="pd", rounds=3)  # progressive, 32 -> 16 -> 8 -> 4 steps
     run = zoo.distill("edm-cifar", weights="s3://b/edm.safetensors", into="cd", data="s3://b/cifar10/")
 
 The teacher is any model reference zoo.resolve takes (a run folder, a checkpoint, a catalog name
@@ -113,6 +113,9 @@ def student_spec(r: Resolved, into: str, overrides: dict[str, Any]) -> RunSpec:
     else:
         raise SpecError(f"into={into!r}: not a distillation objective ({', '.join(kinds)}) "
                         "nor a catalog entry trained by one")
+    if hasattr(entry.train.objective, "check_sampling") and "objective.steps" in overrides:
+        # the student samples in the steps it is distilled to (pd): objective.steps sets both
+        overrides = {"sampling.steps": overrides["objective.steps"], **overrides}
     return catalog.apply_overrides(entry, overrides)
 
 
@@ -142,7 +145,8 @@ def matching_entry(into: str, r: Resolved, entries: dict[str, RunSpec]) -> RunSp
 def derived_entry(into: str, r: Resolved) -> RunSpec:
     """A student entry made from the teacher's own recipe when the catalog has none: the same
     model, with a consistency parameterization and sampler for consistency students, and the
-    objective's defaults (PD: half the teacher's sampling steps)."""
+    objective's defaults (PD: half the teacher's sampling steps on the trailing grid, and an eps
+    student's loss in eps space)."""
     if r.run is None:
         raise SpecError(f"{r.ref!r} carries no training recipe to derive a student from: "
                         f"pass into='<catalog entry trained with {into}>'")
@@ -170,7 +174,9 @@ def derived_entry(into: str, r: Resolved) -> RunSpec:
     if "steps" in cls.model_fields:
         steps = max(1, model["sampling"]["steps"] // 2)
         objective["steps"] = steps
-        model["sampling"].update(solver={"kind": "ddim"}, grid={"kind": "uniform"}, steps=steps)
+        if "weighting" in cls.model_fields and model["denoiser"]["kind"] == "eps":
+            objective["weighting"] = "snr"  # pd: an eps student's loss in eps space (components/objectives/pd.py)
+        model["sampling"].update(solver={"kind": "ddim"}, grid={"kind": "trailing"}, steps=steps)
     if "init_from_teacher" in cls.model_fields:
         objective["init_from_teacher"] = True
     body["train"]["objective"] = objective

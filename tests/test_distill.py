@@ -33,6 +33,8 @@ def test_the_catalog_entry_distilling_the_teacher_is_the_student():
     assert student_spec(resolve("ddpm-digits", weights="w.safetensors"), "pd", {}).name == "pd-digits"
     assert student_spec(resolve("edm-cifar", weights="w.safetensors"), "cd", {}).name == "cd-edm-cifar"
     assert student_spec(edm, "cd-digits", {"objective.levels": 40}).train.objective.levels == 40
+    two = student_spec(resolve("ddpm-digits", weights="w.safetensors"), "pd", {"objective.steps": 2})
+    assert two.train.objective.steps == two.model.sampling.steps == 2  # the student samples in its distilled steps
 
 
 def test_a_teacher_without_an_entry_gets_a_student_derived_from_its_recipe():
@@ -43,6 +45,8 @@ def test_a_teacher_without_an_entry_gets_a_student_derived_from_its_recipe():
     assert cd.model.sampling.solver.kind == "consistency" and cd.model.sampling.steps == 1
     pd = student_spec(rf, "pd", {})
     assert pd.model.denoiser == rf.spec.denoiser and pd.train.objective.steps == rf.spec.sampling.steps // 2
+    assert pd.model.sampling.grid == pd.train.objective.grid and pd.model.sampling.grid.kind == "trailing"
+    assert pd.train.objective.weighting == "truncated_snr"  # a velocity student: the paper's (eps students: snr)
 
 
 def test_lcd_students_are_latent_consistency_models_decoding_with_the_teachers_vae():

@@ -183,3 +183,46 @@ def test_pd_student_starts_from_the_teacher_and_trains():
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in student.parameters())
     assert all(p.grad is None for p in teacher.parameters())
+
+
+def test_pd_weightings_are_the_papers_x_eps_and_v_space_losses():
+    """Salimans & Ho section 4: with x_hat - x and eps_hat - eps = (alpha / sigma)(x - x_hat), the
+    x-space MSE weighted by SNR is the eps-space MSE, by SNR + 1 the v-space MSE (VP: alpha^2 +
+    sigma^2 = 1), by max(SNR, 1) the larger of the x- and eps-space MSEs ("truncated SNR")."""
+    from components.noise import VpLinearSpec
+    from components.objectives.pd import pd_weight
+    from components.solvers.base import row_alpha_sigma
+
+    process = VpLinearSpec().build()
+    t = torch.tensor([1.0, 0.75, 0.5, 0.25, 0.05], dtype=torch.float64)
+    a, s = row_alpha_sigma(process, t)
+    gen = torch.Generator().manual_seed(0)
+    x, eps = torch.randn(5, 3, generator=gen, dtype=torch.float64), torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    x_hat = x + 0.1 * torch.randn(5, 3, generator=gen, dtype=torch.float64)
+    z = a[:, None] * x + s[:, None] * eps
+    eps_hat = (z - a[:, None] * x_hat) / s[:, None]
+    v, v_hat = a[:, None] * eps - s[:, None] * x, a[:, None] * eps_hat - s[:, None] * x_hat
+    mse = lambda p, q: (p - q).pow(2).mean(1)  # noqa: E731
+    torch.testing.assert_close(pd_weight(a, s, "snr") * mse(x_hat, x), mse(eps_hat, eps))
+    torch.testing.assert_close(pd_weight(a, s, "snr_plus_one") * mse(x_hat, x), mse(v_hat, v))
+    torch.testing.assert_close(pd_weight(a, s, "truncated_snr") * mse(x_hat, x),
+                               torch.maximum(mse(x_hat, x), mse(eps_hat, eps)))
+
+
+def test_pd_students_sample_on_the_grid_they_are_distilled_on():
+    """One student step must be two teacher steps of the objective's grid: the N-step grid must be
+    every other time of the 2N-step one (trailing nests; diffusers' linspace "uniform" does not,
+    its last step of any length is .001 -> 0), and the entry must sample on it with N steps."""
+    import zoo
+    from zoo.errors import SpecError
+
+    spec = zoo.get("pd-digits")
+    assert (spec.model.sampling.grid, spec.model.sampling.steps) == (spec.train.objective.grid, spec.train.objective.steps)
+    with pytest.raises(SpecError, match=r"samples 4 steps on the uniform grid"):
+        zoo.get("pd-digits", **{"sampling.grid": {"kind": "uniform"}})
+    with pytest.raises(SpecError, match=r"samples 8 steps on the trailing grid"):
+        zoo.get("pd-digits", **{"sampling.steps": 8})
+    with pytest.raises(SpecError, match=r"objective.grid: the uniform grid does not nest: its 4-step times "
+                                        r"\[1.0, 0.667, 0.334, 0.001, 0.0\]"):
+        zoo.get("pd-digits", **{"sampling.grid": {"kind": "uniform"}, "objective.grid": {"kind": "uniform"}})
+    assert zoo.get("pd-digits", **{"sampling.steps": 2, "objective.steps": 2}).model.sampling.steps == 2

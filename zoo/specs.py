@@ -170,3 +170,12 @@ class RunSpec(Spec):
         for key in EXECUTION_ONLY:
             body["train"].pop(key)
         return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:12]
+
+    @model_validator(mode="after")
+    def _samples_as_trained(self) -> RunSpec:
+        """An objective that trains the model for one way of sampling (pd: N DDIM steps on its
+        grid) says so with ``check_sampling``; the entry's sampling must be that way."""
+        check = getattr(self.train.objective, "check_sampling", None)
+        if check is not None:
+            check(self.model.process.build(), self.model.sampling)
+        return self
