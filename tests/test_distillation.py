@@ -63,6 +63,21 @@ def test_cd_state_is_the_target_and_ema_is_exact():
     assert all(p.grad is None for p in obj.target.net.parameters())
 
 
+def test_cd_weighting_is_lambda_of_the_level_gap():
+    """lambda(t_n) = 1 / (sigma_{n+1} - sigma_n) (iCT section 3.5) scales each row's distance: with
+    two levels every row is the pair (sigma_min, sigma_max), so the loss is the uniform one over
+    the gap, for the same draws."""
+    from components.objectives.consistency_common import karras_levels
+
+    losses = {}
+    for weighting in ("uniform", "inverse_gap"):
+        process, _, student, obj = setup(levels=2, weighting=weighting)
+        losses[weighting] = obj.loss(student, {"x0": data(0, 8)}, RandomSource.from_seed(0, 8), 0)[0]
+    lo, hi = karras_levels(process, 2).tolist()
+    torch.testing.assert_close(losses["inverse_gap"], losses["uniform"] / (hi - lo))
+    assert CdSpec().weighting == "uniform"  # CM's lambda = 1
+
+
 def test_cd_rejects_a_teacher_solver_without_a_deterministic_step():
     for bad in ("dpmpp_2m", "ddpm", "rk45"):
         with pytest.raises(ValueError, match="deterministic one-step form"):

@@ -9,7 +9,9 @@ on any process (levels t_n are N Karras levels of EDM's sigma laid on the proces
 sample is x_t = alpha x0 + sigma z). Phi is any solver with a deterministic one-step form
 (``teacher_solver``: heun as CM's best, euler, ddim). The teacher, a frozen trained Model, is
 resolved by the training loop and handed over with ``attach``; the target network theta^- is this
-objective's state (in its state_dict, so in every checkpoint). lambda = 1 (CM's choice).
+objective's state (in its state_dict, so in every checkpoint). ``weighting`` is lambda: ``uniform``
+(lambda = 1, CM's choice) or ``inverse_gap`` (lambda(t_n) = 1 / (sigma_{n+1} - sigma_n), iCT
+section 3.5, which weights the small low-noise gaps up).
 ``init_from_teacher`` starts the student (and so theta^-) from the teacher's weights, as CM's
 experiments do (its appendix C: the consistency model is initialised with the teacher EDM); the
 architectures must match.
@@ -48,6 +50,8 @@ class CdSpec(Spec):
     mu: float = Field(0.95, ge=0, lt=1, description="EMA rate of the target network (CM: 0.95 on CIFAR-10)")
     distance: DistanceSpec = Field("l2", description="d: l2, l1, pseudo_huber, or {kind: lpips, ...} (CM: LPIPS)")
     huber_c: float | None = Field(None, gt=0, description="pseudo-Huber c; None: 0.00054 sqrt(d)")
+    weighting: Literal["uniform", "inverse_gap"] = Field(
+        "uniform", description="lambda(t_n): 1 (CM) or 1 / (sigma_{n+1} - sigma_n) (iCT section 3.5)")
     init_from_teacher: bool = Field(False, description="start the student from the teacher's weights (CM appendix C)")
     distills_into: ClassVar[str] = "consistency"  # the student is a consistency model (zoo.distill reads this)
 
@@ -93,7 +97,10 @@ class Cd(Objective):
             target = self.target(x_hat, t_n.float(), cond).x0
         online = denoiser(x_n1, t_n1.float(), cond).x0
         d = self._d[0](online, target)
-        return d.mean(), {"distance": d.mean().detach()}
+        if self.spec.weighting == "uniform":
+            return d.mean(), {"distance": d.mean().detach()}
+        w = (1 / (levels[n + 1] - levels[n])).float().to(d.device)
+        return (w * d).mean(), {"distance": d.mean().detach()}
 
     def after_step(self, denoiser: Denoiser, step: int) -> None:
         self.target.update(denoiser, self.spec.mu)
