@@ -17,6 +17,6 @@ class StopOnZooError(UserCallback):
     def after_exception(self, run_context, worker_exceptions: dict[int, Exception]) -> None:
         from zoo.errors import ZooError
 
-        for rank, err in sorted(worker_exceptions.items()):
+        for _, err in sorted(worker_exceptions.items()):  # in rank order
             if isinstance(err, ZooError):
                 raise err
