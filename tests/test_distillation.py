@@ -232,7 +232,8 @@ def test_pd_students_sample_on_the_grid_they_are_distilled_on():
     from zoo.errors import SpecError
 
     spec = zoo.get("pd-digits")
-    assert (spec.model.sampling.grid, spec.model.sampling.steps) == (spec.train.objective.grid, spec.train.objective.steps)
+    sampling, objective = spec.model.sampling, spec.train.objective
+    assert (sampling.grid, sampling.steps) == (objective.grid, objective.steps)
     with pytest.raises(SpecError, match=r"samples 4 steps on the uniform grid"):
         zoo.get("pd-digits", **{"sampling.grid": {"kind": "uniform"}})
     with pytest.raises(SpecError, match=r"samples 8 steps on the trailing grid"):

@@ -56,7 +56,8 @@ class PdSpec(Spec):
     teacher: TeacherRef = None
     teacher_weights: TeacherWeights = None
     steps: int = Field(..., ge=1, description="N, the student's sampling steps after this round (teacher: 2N)")
-    grid: GridSpec = Field(TrailingSpec(), description="the teacher's 2N-step grid; the student samples on its N-step grid")
+    grid: GridSpec = Field(
+        TrailingSpec(), description="the teacher's 2N-step grid; the student samples on its N-step grid")
     weighting: Literal["truncated_snr", "snr", "snr_plus_one"] = Field(
         "truncated_snr", description="w(lambda_t) of the x-space loss (section 4): max(SNR, 1) for x or v students, "
                                      "SNR (the eps-space MSE) for eps students, SNR + 1 (the v-space MSE)")
