@@ -97,6 +97,9 @@ def test_chained_pd_rounds_are_resumable_runs_and_the_student_samples(tmp_path):
 
     kw = tiny_overrides(steps=2, output=str(tmp_path))
     teacher = zoo.train("ddpm-digits", progress=False, **kw)
+    with pytest.raises(zoo.SpecError, match="pd distils 2 steps on the trailing grid .* but model.sampling samples 5"):
+        zoo.distill(teacher.dir, into="pd", rounds=2, progress=False, **{**kw, "objective.steps": 2})
+    kw = {k: v for k, v in kw.items() if k != "sampling.steps"}  # objective.steps sets the student's
     student = zoo.distill(teacher.dir, into="pd", rounds=2, progress=False, **{**kw, "objective.steps": 2})
     first = student.rounds[0]
     assert first.spec.train.objective.teacher == teacher.checkpoint
