@@ -216,13 +216,19 @@ def lpips_weights(tmp_path_factory):
     def make(net: str = "alex") -> dict:
         if net not in made:
             folder = tmp_path_factory.mktemp(f"lpips-{net}")
-            with torch.random.fork_rng(), warnings.catch_warnings():
+            with warnings.catch_warnings(), torch.device("meta"):  # no init of torchvision's classifier
                 warnings.simplefilter("ignore")
-                torch.manual_seed(0)
                 module = lpips.LPIPS(pretrained=False, pnet_rand=True, net=net, verbose=False)
-                for lin in module.lins:  # LPIPS' learned weights are non-negative
-                    lin.model[-1].weight.data.abs_()
+            gen = torch.Generator().manual_seed(0)
+            real = {}
+            for k, v in module.state_dict().items():  # He-initialized trunk, non-negative lins (as LPIPS' are)
+                if v.is_meta and not k.startswith("lins."):
+                    fan_in = v[0].numel() if v.ndim > 1 else 1
+                    w = torch.randn(v.shape, generator=gen) * (2 / fan_in) ** 0.5 * (v.ndim > 1 or 0.1)
+                    real[k] = w.abs() if k.startswith("lin") else w
+            module.load_state_dict(real, strict=False, assign=True)
             sd = module.state_dict()
+            assert not any(v.is_meta for v in sd.values())
             trunk = {re.sub(r"^net\.slice\d+\.", "features.", k): v.contiguous() for k, v in sd.items() if k.startswith("net.")}
             lins = {k: v.contiguous() for k, v in sd.items() if k.startswith("lin") and not k.startswith("lins.")}
             paths = {"weights": str(folder / f"{net}_lin.safetensors"), "backbone": str(folder / f"{net}.safetensors")}

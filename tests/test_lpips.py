@@ -26,6 +26,8 @@ def images(n: int, c: int = 3, size: int = 16, seed: int = 0) -> torch.Tensor:
 def test_distance_equals_lpips_own_module_on_the_same_weights(lpips_weights, net, resize):
     w = lpips_weights(net)
     ours = LpipsSpec(net=net, weights=w["weights"], backbone=w["backbone"], resize=resize).build()
+    # built on the meta device, then every tensor assigned from the files
+    assert all(v.device.type == "cpu" and v.dtype == torch.float32 for v in ours.state_dict().values())
     a, b = images(3, seed=1), images(3, seed=2)
     up = lambda x: F.interpolate(x, size=resize, mode="bilinear")  # noqa: E731
     with torch.no_grad():

@@ -72,7 +72,9 @@ class Lpips(nn.Module):
             if getattr(spec, field) is None:
                 raise ValueError(f"lpips.{field} is not set: LPIPS weights are never downloaded; give "
                                  f"distance.weights=<lin .safetensors> and distance.backbone=<{spec.net} .safetensors>")
-        with warnings.catch_warnings():  # torchvision's deprecation of pretrained=False
+        # built on the meta device: no random init of the trunk (torchvision's whole VGG16, 138M
+        # parameters with its classifier, took ~3 s), every tensor is assigned from the files below
+        with warnings.catch_warnings(), torch.device("meta"):  # torchvision's deprecation of pretrained=False
             warnings.simplefilter("ignore")
             self.net = lpips.LPIPS(pretrained=False, pnet_rand=True, net=spec.net, verbose=False)
         own = self.net.state_dict()
@@ -96,8 +98,12 @@ class Lpips(nn.Module):
         for k, v in given.items():
             if v.shape != own[k].shape:
                 raise ValueError(f"lpips: {k} has shape {tuple(v.shape)}, the {spec.net} network needs {tuple(own[k].shape)}")
-        self.net.load_state_dict(given, strict=False)
+            given[k] = v.to(own[k].dtype)  # a half-precision file is computed in float32, as before
+        self.net.load_state_dict(given, strict=False, assign=True)
         self.net.requires_grad_(False).eval()
+        left = [k for k, v in self.net.state_dict().items() if v.is_meta]
+        if left:  # the constants (scaling_layer) are real tensors; lins.K are linK
+            raise ValueError(f"lpips: {left[:4]} were not given ({len(left)} tensors)")
 
     def train(self, mode: bool = True) -> Lpips:  # always eval: a fixed metric
         return self
