@@ -171,11 +171,10 @@ def derived_entry(into: str, r: Resolved) -> RunSpec:
         model["sampling"].update(solver={"kind": "lcm"}, grid={"kind": "leading", "offset": 1}, steps=4)
         if "drop_prob" in model["conditioner"]:  # LCD feeds the condition always; w does the guiding
             model["conditioner"]["drop_prob"] = 0.0
-    if "steps" in cls.model_fields:
+    if cls.distills_into == "teacher":  # pd: half the teacher's steps, on the trailing grid
         steps = max(1, model["sampling"]["steps"] // 2)
         objective["steps"] = steps
-        if "weighting" in cls.model_fields and model["denoiser"]["kind"] == "eps":
-            objective["weighting"] = "snr"  # pd: an eps student's loss in eps space (components/objectives/pd.py)
+        objective["weighting"] = cls.student_weighting.get(model["denoiser"]["kind"], cls.model_fields["weighting"].default)
         model["sampling"].update(solver={"kind": "ddim"}, grid={"kind": "trailing"}, steps=steps)
     if "init_from_teacher" in cls.model_fields:
         objective["init_from_teacher"] = True

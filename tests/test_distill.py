@@ -46,7 +46,9 @@ def test_a_teacher_without_an_entry_gets_a_student_derived_from_its_recipe():
     pd = student_spec(rf, "pd", {})
     assert pd.model.denoiser == rf.spec.denoiser and pd.train.objective.steps == rf.spec.sampling.steps // 2
     assert pd.model.sampling.grid == pd.train.objective.grid and pd.model.sampling.grid.kind == "trailing"
-    assert pd.train.objective.weighting == "truncated_snr"  # a velocity student: the paper's (eps students: snr)
+    assert pd.train.objective.weighting == "truncated_snr"  # a velocity student: the paper's
+    eps = derived_entry("pd", resolve("ddpm-digits", weights="w.safetensors"))  # an eps student: its loss in eps space
+    assert eps.model.denoiser.kind == "eps" and eps.train.objective.weighting == "snr"
 
 
 def test_lcd_students_are_latent_consistency_models_decoding_with_the_teachers_vae():

@@ -62,6 +62,8 @@ class PdSpec(Spec):
         "truncated_snr", description="w(lambda_t) of the x-space loss (section 4): max(SNR, 1) for x or v students, "
                                      "SNR (the eps-space MSE) for eps students, SNR + 1 (the v-space MSE)")
     distills_into: ClassVar[str] = "teacher"  # the student keeps the teacher's parameterization (zoo.distill)
+    # the weighting zoo.distill gives a derived student, by parameterization (others: the paper's default)
+    student_weighting: ClassVar[dict[str, str]] = {"eps": "snr"}
 
     def build(self) -> Pd:
         return Pd(self)
