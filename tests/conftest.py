@@ -91,6 +91,19 @@ def tiny_overrides(**extra) -> dict:
     return base
 
 
+RESUME_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors")
+
+
+def assert_bit_identical(a: str, b: str, names: tuple[str, ...] = RESUME_FILES) -> None:
+    """The checkpoints at ``a`` and ``b`` (checkpoint or run folders, any fsspec URL) hold the
+    same tensors, bit for bit, in each of ``names``."""
+    from zoo import checkpoint as ckpt
+
+    for name in names:
+        x, y = (ckpt.Checkpoint(ckpt.resolve(url)).tensors(name) for url in (a, b))
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), f"{name}: {a} vs {b}"
+
+
 @pytest.fixture(scope="session")
 def inception_weights(tmp_path_factory) -> dict[str, str]:
     """Random FID Inception-v3 weights (nothing is downloaded), as .safetensors and .pth files,

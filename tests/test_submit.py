@@ -24,11 +24,9 @@ from pathlib import Path
 
 import fsspec
 import pytest
-import torch
 from typer.testing import CliRunner
 
-from tests.conftest import free_port, tiny_overrides
-from zoo import checkpoint as ckpt
+from tests.conftest import assert_bit_identical, free_port, tiny_overrides
 from zoo.cli import app
 
 pytestmark = [pytest.mark.slow]
@@ -124,12 +122,6 @@ def wait_for(done, what: str, proc: subprocess.Popen, output, timeout: float = 6
         assert proc.poll() is None, output()[-6000:]
         assert time.time() < deadline, f"{what} not in {timeout:.0f} s"
         time.sleep(poll)
-
-
-def assert_bit_identical(a: str, b: str) -> None:
-    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors"):
-        x, y = ckpt.Checkpoint(a).tensors(name), ckpt.Checkpoint(b).tensors(name)
-        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
 
 
 # 2 workers of 2 CPUs (one on each node), 12 steps checkpointed every 3 (about 1.5 s a step across

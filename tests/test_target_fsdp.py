@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import zoo
-from tests.conftest import tiny_overrides
+from tests.conftest import RESUME_FILES, assert_bit_identical, tiny_overrides
 
 
 def test_the_target_is_sharded_like_the_student_and_updates_per_shard(tmp_path):
@@ -65,7 +65,6 @@ def test_a_ct_run_on_two_fsdp_workers_resumes_bit_identically(ray_cluster, tmp_p
     bit for bit. (The plain-objective FSDP resume of tests/test_ray_train.py was this test without
     theta^-; it is folded in here.)"""
     from tests.train_cache import cached_train
-    from zoo import checkpoint as ckpt
 
     kw = tiny_overrides(steps=6, workers=2, parallelism="fsdp", keep_checkpoints=3,
                         objective={"kind": "ct", "s0": 2, "s1": 10, "mu0": 0.9, "rho": 7.0, "distance": "l2",
@@ -78,7 +77,4 @@ def test_a_ct_run_on_two_fsdp_workers_resumes_bit_identically(ray_cluster, tmp_p
     assert "step_00000006" in (cut / "checkpoints" / "checkpoint_manager_snapshot.json").read_text()
     resumed = zoo.train("ddpm-digits", output=str(tmp_path / "b"), progress=False, resume=str(cut), **kw)
     assert [m["step"] for m in resumed.metrics if m.get("event") == "resumed"] == [4]
-    for name in ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "objective.safetensors"):
-        a = ckpt.Checkpoint(ckpt.resolve(straight.checkpoint)).tensors(name)
-        b = ckpt.Checkpoint(ckpt.resolve(resumed.checkpoint)).tensors(name)
-        assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
+    assert_bit_identical(straight.checkpoint, resumed.checkpoint, (*RESUME_FILES, "objective.safetensors"))
