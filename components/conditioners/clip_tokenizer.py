@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 
 
+@functools.cache
 def bytes_to_unicode() -> dict[int, str]:
     """GPT-2 / CLIP's reversible map of bytes to printable unicode characters."""
     bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
@@ -22,19 +23,23 @@ def bytes_to_unicode() -> dict[int, str]:
 
 
 def vocab_and_merges(words: list[str]) -> tuple[dict[str, int], list[str]]:
-    symbols = list(bytes_to_unicode().values())
+    byte_symbol = bytes_to_unicode()
+    symbols = list(byte_symbol.values())
     vocab_list = symbols + [s + "</w>" for s in symbols]
     merges: list[str] = []
+    seen_merges, seen_tokens = set(), set(vocab_list)  # the lists keep their order; the sets answer "in"
     for word in sorted(set(w.lower() for w in words)):
-        chars = [bytes_to_unicode()[b] for b in word.encode()]
+        chars = [byte_symbol[b] for b in word.encode()]
         chars[-1] += "</w>"
         left = chars[0]
         for right in chars[1:]:
             merge = f"{left} {right}"
-            if merge not in merges:
+            if merge not in seen_merges:
                 merges.append(merge)
-                if left + right not in vocab_list:
+                seen_merges.add(merge)
+                if left + right not in seen_tokens:
                     vocab_list.append(left + right)
+                    seen_tokens.add(left + right)
             left = left + right
     vocab_list += ["<|startoftext|>", "<|endoftext|>"]
     return {tok: i for i, tok in enumerate(vocab_list)}, merges
