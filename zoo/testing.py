@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from components.denoisers.base import Cond, Prediction
 from components.noise.base import NoiseProcess
-from components.util import bcast, per_time
+from components.util import bcast
 
 
 class GaussianDenoiser(nn.Module):
@@ -30,14 +30,18 @@ class GaussianDenoiser(nn.Module):
         self.register_buffer("s", torch.as_tensor(s, dtype=torch.float64))
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Prediction:
-        t = t.to(x.device).double().expand(x.shape[0])
-        x64 = x.double()
-        a, sg = (bcast(v, x64) for v in per_time(lambda u: (self.process.alpha(u), self.process.sigma(u)), t))
+        t = t.to(x.device).reshape(-1)
+        if t.shape[0] == 1 or t.stride(0) == 0:  # one time for every row (a grid's): the coefficients once
+            t = t[:1]
+        x64, t = x.double(), t.double()
+        a, sg = bcast(self.process.alpha(t), x64), bcast(self.process.sigma(t), x64)  # (B or 1, 1, ...)
         mu, s2 = self.mu.to(x.device), self.s.to(x.device) ** 2
         var = a * a * s2 + sg * sg  # of x_t, per dimension
-        x0 = mu + a * s2 / var * (x64 - a * mu)
-        eps = sg / var * (x64 - a * mu)  # = (x_t - alpha x0) / sigma, without cancellation at sigma -> 0
-        return Prediction(x, a.to(x.dtype), sg.to(x.dtype), x0.to(x.dtype), eps.to(x.dtype))
+        d = x64 - a * mu
+        x0 = mu + (a * s2 / var) * d
+        eps = (sg / var) * d  # = (x_t - alpha x0) / sigma, without cancellation at sigma -> 0
+        rows = (x.shape[0], *a.shape[1:])
+        return Prediction(x, a.to(x.dtype).expand(rows), sg.to(x.dtype).expand(rows), x0.to(x.dtype), eps.to(x.dtype))
 
     def marginal_std(self, t: Tensor) -> Tensor:
         t = t.double()
