@@ -5,6 +5,7 @@ lines). No module imports one of a higher layer, and no modules import each othe
 from __future__ import annotations
 
 import ast
+import functools
 from pathlib import Path
 
 import pytest
@@ -62,7 +63,9 @@ def imports(path: Path, name: str, known: dict[str, Path]) -> set[str]:
     return out
 
 
+@functools.cache
 def graph() -> dict[str, set[str]]:
+    """Every project module's imports, scanned once per session (the tests only read it)."""
     known = modules()
     return {name: imports(path, name, known) for name, path in known.items()}
 
