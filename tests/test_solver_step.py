@@ -104,3 +104,21 @@ def test_every_union_parses_its_kinds(registry):
 def test_conditioners_say_what_they_take():
     for cls in conditioners.CONDITIONERS.members():
         assert cls.takes in ("none", "label", "prompt"), cls.__name__
+
+
+def test_a_shared_time_stays_one_time_and_gives_the_per_row_result():
+    """A grid's time expanded over the rows stays one time through model_t (float32 too), so
+    per_time computes it once; the exact denoiser then gives what it gives for per-row times."""
+    from components.solvers.base import model_t
+
+    process = VpLinearSpec().build()
+    t = torch.tensor(0.37, dtype=torch.float64).expand(6)
+    for dtype in (torch.float32, torch.float64):
+        x = torch.randn(6, len(MU), generator=torch.Generator().manual_seed(3)).to(dtype)
+        shared = model_t(t, x)
+        assert shared.stride(0) == 0 and shared.dtype == dtype and torch.equal(shared, t.to(dtype).contiguous())
+        den = GaussianDenoiser(process, MU, S)
+        one, rows = den(x, shared), den(x, shared.contiguous())
+        for field in ("alpha", "sigma", "x0", "eps"):
+            a, b = getattr(one, field), getattr(rows, field)
+            assert a.shape == b.shape and torch.equal(a, b), field
