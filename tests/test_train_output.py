@@ -206,3 +206,27 @@ def test_every_cluster_the_zoo_starts_is_the_loopback_one(monkeypatch):
         serve(zoo.build(zoo.get("ddpm-digits", **tiny_overrides())))
     with pytest.raises(Started):
         next(_run_ray([], [], 2, None))
+
+
+def test_the_embedded_cluster_keeps_token_auth_without_its_notice():
+    """Ray logs a notice when it turns token authentication on for a new local cluster; while the
+    embedded cluster starts, that logger (named in zoo/local_cluster.py) is silenced and restored."""
+    import logging
+
+    from ray._private.authentication import authentication_token_setup as auth
+
+    from zoo import local_cluster
+
+    assert auth.logger.name == local_cluster.AUTH_NOTICE_LOGGER
+    seen: list[str] = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = lambda record: seen.append(record.getMessage())
+    auth.logger.addHandler(handler)
+    try:
+        with local_cluster._without_auth_notice():
+            auth._warn_token_auth_enabled()
+        assert seen == []
+        auth._warn_token_auth_enabled()
+        assert seen and seen[0].startswith("Token authentication is enabled")  # the logger is itself again
+    finally:
+        auth.logger.removeHandler(handler)

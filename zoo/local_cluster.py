@@ -28,7 +28,7 @@ def start(num_cpus: int, *, resize: bool = True, log_to_driver: bool = True) -> 
 
     for key, value in EMBEDDED_TRAIN_ENV.items():  # before Ray Train reads them; the user's own win
         os.environ.setdefault(key, value)
-    with loopback_only():
+    with loopback_only(), _without_auth_notice():
         # every worker's output reaches this process (jobs.ray_log puts a run's in its log file);
         # workers start at nice 0 rather than Ray's 15, and each train worker sets the spec's level
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=log_to_driver,
@@ -51,6 +51,24 @@ def shutdown() -> None:
     if _started is not None:
         ray.shutdown()
         _started = None
+
+
+# Ray turns token authentication on for a new local cluster (generating ~/.ray/auth_token once)
+# and logs a notice that says so; the embedded cluster keeps it on, without the notice
+AUTH_NOTICE_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+@contextlib.contextmanager
+def _without_auth_notice():
+    import logging
+
+    log = logging.getLogger(AUTH_NOTICE_LOGGER)
+    before = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(before)
 
 
 LOOPBACK = "127.0.0.1"
