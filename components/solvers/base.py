@@ -156,8 +156,6 @@ def at(t: Tensor, x: Tensor) -> Tensor:
     """A scalar grid time as the (B,) vector a denoiser takes: float32, or float64 when the
     samples are float64 (closed-form checks at tight tolerances)."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:  # one time for every row: stays one (per_time)
-        return t[:1].to(device=x.device, dtype=dtype).expand(t.shape)
     return t.to(device=x.device, dtype=dtype).expand(x.shape[0])
 
 
