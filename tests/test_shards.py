@@ -228,6 +228,26 @@ def test_train_streams_shards_from_s3_skips_bad_samples_and_checkpoints_to_s3(s3
     assert rows[-1]["step"] == 4 and rows[-1]["bad_samples"] >= index.shards[3].rows
 
 
+@pytest.mark.slow  # the S3 server
+def test_a_checkpoint_another_process_writes_after_a_listing_is_found(s3_server, tmp_path):
+    """s3fs caches each folder's listing in its filesystem object: a checkpoint written by another
+    process (here: another s3fs object) after this one listed the run is still found by
+    ckpt.resolve and ckpt.latest (as `zoo submit`'s node-loss test reads the job's last one)."""
+    run = zoo.train("ddpm-digits", output=str(tmp_path), progress=False, **tiny_overrides(steps=4, keep_checkpoints=2))
+    local = {step: f"{run.dir}/checkpoints/step_0000000{step}" for step in (2, 4)}
+    s3 = fsspec.filesystem("s3")
+    s3.mkdir("zoo-relist")
+    root = "s3://zoo-relist/run"
+    ckpt.upload(local[2], f"{root}/checkpoints/step_00000002")
+    assert ckpt.latest(root) == f"{root}/checkpoints/step_00000002"  # this process's listings are cached now
+    assert s3.ls("zoo-relist/run/checkpoints") == ["zoo-relist/run/checkpoints/step_00000002"]
+    other = fsspec.filesystem("s3", skip_instance_cache=True)
+    other.put(local[4], "zoo-relist/run/checkpoints/step_00000004", recursive=True)
+    newest = f"{root}/checkpoints/step_00000004"
+    assert ckpt.resolve(newest) == newest and ckpt.latest(root) == newest
+    assert_bit_identical(local[4], newest)
+
+
 def test_pack_raw_pixels_is_lossless_and_decodes_in_one_array(tmp_path):
     """--pixels raw stores the uint8 pixels themselves: the same images as the PNG shards, with no
     decode; a row of the wrong length is named (shard and key) or skipped."""

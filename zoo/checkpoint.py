@@ -184,6 +184,7 @@ def latest(url: str) -> str | None:
     under url/checkpoints/ or among url's own step_* / checkpoint_* folders (Ray Train's)."""
     fs = _fs(url)
     root = _strip(url)
+    fs.invalidate_cache(root)  # a listing cached before another process wrote it (s3fs) would hide it
     if fs.exists(posixpath.join(root, MANIFEST)):
         return url if is_complete(url) else None
     for base in (posixpath.join(root, "checkpoints"), root):
@@ -199,6 +200,7 @@ def latest(url: str) -> str | None:
 def resolve(url: str) -> str:
     """``latest(url)`` or a CheckpointError that says what was found instead."""
     fs = _fs(url)
+    fs.invalidate_cache(_strip(url))  # see latest
     if not fs.exists(_strip(url)):
         raise CheckpointError(f"no checkpoint at {url!r}: the path does not exist")
     found = latest(url)
