@@ -14,11 +14,16 @@ def bcast(v: Tensor, like: Tensor) -> Tensor:
     return v.to(like.dtype).reshape(-1, *([1] * (like.ndim - 1)))
 
 
+def one_time(t: Tensor) -> bool:
+    """The rows of per-row times ``t`` (B,) share one time by construction: a scalar expanded to
+    (B,), as a grid loop passes it (stride 0)."""
+    return t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0
+
+
 def per_time(fn, t: Tensor):
-    """``fn(t)`` for per-row times ``t`` (B,); computed once when the rows share one time by
-    construction (a scalar expanded to (B,), as a grid loop passes it: stride 0), and expanded
-    back. ``fn`` returns a tensor of shape (B,) or a tuple of them."""
-    if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:
+    """``fn(t)`` for per-row times ``t`` (B,); computed once when the rows share one time
+    (:func:`one_time`), and expanded back. ``fn`` returns a tensor of shape (B,) or a tuple of them."""
+    if one_time(t):
         out = fn(t[:1])
         return tuple(o.expand(t.shape) for o in out) if isinstance(out, tuple) else out.expand(t.shape)
     return fn(t)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from components.denoisers.base import Cond, Prediction
 from components.noise.base import NoiseProcess
-from components.util import bcast
+from components.util import bcast, one_time
 
 
 class GaussianDenoiser(nn.Module):
@@ -31,7 +31,7 @@ class GaussianDenoiser(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Cond = None) -> Prediction:
         t = t.to(x.device).reshape(-1)
-        if t.shape[0] == 1 or t.stride(0) == 0:  # one time for every row (a grid's): the coefficients once
+        if t.shape[0] == 1 or one_time(t):  # one time for every row (a grid's): the coefficients once
             t = t[:1]
         x64, t = x.double(), t.double()
         a, sg = bcast(self.process.alpha(t), x64), bcast(self.process.sigma(t), x64)  # (B or 1, 1, ...)

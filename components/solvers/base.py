@@ -93,9 +93,7 @@ def row_alpha_sigma(process: NoiseProcess, t: Tensor) -> tuple[Tensor, Tensor]:
 def model_t(t: Tensor, x: Tensor) -> Tensor:
     """Per-row times as the denoiser takes them (float32, or float64 with float64 samples)."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
-    if t.ndim == 1 and t.shape[0] > 1 and t.stride(0) == 0:  # one time for every row: stays one (per_time)
-        return t[:1].to(device=x.device, dtype=dtype).expand(t.shape)
-    return t.to(device=x.device, dtype=dtype)
+    return per_time(lambda u: u.to(device=x.device, dtype=dtype), t)  # one time for every row stays one
 
 
 def fresh_noise(x: Tensor, rng: RandomSource) -> Tensor:
