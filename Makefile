@@ -29,13 +29,13 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver (web page test)"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
-# The fast tests in two pytest workers (pytest-xdist, one torch thread each); then the slow ones in
-# one process, in file order: they share the session's Ray cluster, S3 server and trained runs.
-# Two workers a file at a time (--dist loadfile) were measured too: the slow part is CPU-bound (Ray
-# Train runs are process start-ups and imports), so each test ran about 2x slower beside the other
-# worker (583 s for what takes about 630 s alone), and a Serve readiness probe timed out under that
-# load. (xdist's --dist loadgroup would group tests across files, but pytest-xdist 3.8 cannot
-# rename pytest 9's node ids, so its groups are ignored.)
+# The fast tests: two pytest workers (pytest-xdist, one torch thread each). The slow ones: one
+# process, in file order, since they share the session's Ray cluster, S3 server and trained runs.
+# Two slow workers a file at a time (--dist loadfile) were measured too: the slow part is CPU-bound
+# while busy (Ray Train runs are process start-ups and imports), so each test ran about 2x slower
+# beside the other worker (583 s for what takes about 630 s alone), and a Serve readiness probe
+# timed out under that load. (xdist's --dist loadgroup would group tests across files, but
+# pytest-xdist 3.8 cannot rename pytest 9's node ids, so its groups are ignored.)
 FAST    := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow and not quality"
 # `make test` runs the fast part at nice 19 beside the slow one (its output is printed when both
 # have ended): the slow part waits on process start-ups, health checks and autoscaling delays, so
