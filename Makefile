@@ -42,7 +42,8 @@ FAST    := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pyt
 # about a quarter of the two cores is idle while it runs (vmstat, 2026-12-02), and a niced
 # process gets that idle time but only about 1.5% of a core the slow part wants.
 test: $(STAMP) browser
-	@rm -f .test-fast.log; \
+	@rm -f .test-fast.log .test-fast.log.rc; \
+	echo "== the slow tests; the fast ones run beside them at nice 19 (their output follows)"; \
 	{ nice -n 19 env $(FAST) -p no:cacheprovider >.test-fast.log 2>&1; echo $$? >.test-fast.log.rc; } & \
 	$(BIN)/python -m pytest -q -m "slow and not quality"; slow=$$?; wait; \
 	echo "== the fast tests (at nice 19, beside the slow ones above)"; cat .test-fast.log; \
