@@ -40,11 +40,14 @@ FAST    := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/pyt
 # `make test` runs the fast part at nice 19 beside the slow one (its output is printed when both
 # have ended): the slow part waits on process start-ups, health checks and autoscaling delays, so
 # about a quarter of the two cores is idle while it runs (vmstat, 2026-12-02), and a niced
-# process gets that idle time but only about 1.5% of a core the slow part wants.
+# process gets that idle time but only about 1.5% of a core the slow part wants. The fast part
+# keeps out of .pytest_cache (two sessions would write it at once). Ctrl-C reaches both parts; a
+# signal sent to the recipe's shell alone ends the fast part through the trap.
 test: $(STAMP) browser
 	@rm -f .test-fast.log .test-fast.log.rc; \
 	echo "== the slow tests; the fast ones run beside them at nice 19 (their output follows)"; \
 	{ nice -n 19 env $(FAST) -p no:cacheprovider >.test-fast.log 2>&1; echo $$? >.test-fast.log.rc; } & \
+	fast_job=$$!; trap 'pkill -TERM -P $$fast_job; exit 130' INT TERM; \
 	$(BIN)/python -m pytest -q -m "slow and not quality"; slow=$$?; wait; \
 	echo "== the fast tests (at nice 19, beside the slow ones above)"; cat .test-fast.log; \
 	fast=$$(cat .test-fast.log.rc); rm -f .test-fast.log.rc; \
