@@ -234,7 +234,7 @@ def test_a_checkpoint_another_process_writes_after_a_listing_is_found(s3_server,
     process (here: another s3fs object) after this one listed the run is still found by
     ckpt.resolve and ckpt.latest (as `zoo submit`'s node-loss test reads the job's last one)."""
     run = zoo.train("ddpm-digits", output=str(tmp_path), progress=False, **tiny_overrides(steps=4, keep_checkpoints=2))
-    local = {step: f"{run.dir}/checkpoints/step_0000000{step}" for step in (2, 4)}
+    local = {step: f"{run.dir}/checkpoints/{ckpt.step_dir(step)}" for step in (2, 4)}
     s3 = fsspec.filesystem("s3")
     s3.mkdir("zoo-relist")
     root = "s3://zoo-relist/run"
