@@ -29,27 +29,31 @@ browser:
 	  echo "installing Debian's chromium and chromium-driver (web page test)"; \
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
-# The fast tests: two pytest workers (pytest-xdist, one torch thread each). The slow ones: one
-# process, in file order, since they share the session's Ray cluster, S3 server and trained runs.
+# Three kinds of test (pyproject.toml's markers). The fast ones: two pytest workers (pytest-xdist,
+# one torch thread each). `heavy`: seconds of CPU each in one process, nothing shared (small
+# training runs in the test process, 1000-step chains, Inception and diffusers round trips): with
+# the fast ones in `make test`, left out of `make test-fast`. `slow`: one process, in file order,
+# since they share the session's Ray cluster, S3 server and trained runs.
 # Two slow workers a file at a time (--dist loadfile) were measured too: the slow part is CPU-bound
 # while busy (Ray Train runs are process start-ups and imports), so each test ran about 2x slower
 # beside the other worker (583 s for what takes about 630 s alone), and a Serve readiness probe
 # timed out under that load. (xdist's --dist loadgroup would group tests across files, but
 # pytest-xdist 3.8 cannot rename pytest 9's node ids, so its groups are ignored.)
-FAST    := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2 -m "not slow and not quality"
-# `make test` runs the fast part at nice 19 beside the slow one (its output is printed when both
-# have ended): the slow part waits on process start-ups, health checks and autoscaling delays, so
+XDIST   := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
+FAST    := $(XDIST) -m "not slow and not heavy and not quality"
+# `make test` runs the fast and heavy tests at nice 19 beside the slow ones (their output is printed
+# when both parts have ended): the slow part waits on process start-ups, health checks and autoscaling delays, so
 # about a quarter of the two cores is idle while it runs (vmstat, 2026-12-02), and a niced
 # process gets that idle time but only about 1.5% of a core the slow part wants. The fast part
 # keeps out of .pytest_cache (two sessions would write it at once). Ctrl-C reaches both parts; a
 # signal sent to the recipe's shell alone ends the fast part through the trap.
 test: $(STAMP) browser
 	@rm -f .test-fast.log .test-fast.log.rc; \
-	echo "== the slow tests; the fast ones run beside them at nice 19 (their output follows)"; \
-	{ nice -n 19 env $(FAST) -p no:cacheprovider >.test-fast.log 2>&1; echo $$? >.test-fast.log.rc; } & \
+	echo "== the slow tests; the fast and heavy ones run beside them at nice 19 (their output follows)"; \
+	{ nice -n 19 env $(XDIST) -m "not slow and not quality" -p no:cacheprovider >.test-fast.log 2>&1; echo $$? >.test-fast.log.rc; } & \
 	fast_job=$$!; trap 'pkill -TERM -P $$fast_job; exit 130' INT TERM; \
 	$(BIN)/python -m pytest -q -m "slow and not quality"; slow=$$?; wait; \
-	echo "== the fast tests (at nice 19, beside the slow ones above)"; cat .test-fast.log; \
+	echo "== the fast and heavy tests (at nice 19, beside the slow ones above)"; cat .test-fast.log; \
 	fast=$$(cat .test-fast.log.rc); rm -f .test-fast.log.rc; \
 	[ "$$slow" = 0 ] && [ "$$fast" = 0 ]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from typer.testing import CliRunner
 
 from tests.conftest import tiny_overrides
@@ -28,6 +29,7 @@ def test_errors_are_messages():
     assert r.exit_code == 2 and "needs training data" in r.stderr
 
 
+@pytest.mark.heavy
 def test_train_then_sample(tmp_path):
     pairs = [f"{k}={json.dumps(v)}" for k, v in tiny_overrides(steps=2).items()]
     r = runner.invoke(app, ["train", "ddpm-digits", *pairs, "--output", str(tmp_path), "--no-progress"])

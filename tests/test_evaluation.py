@@ -208,6 +208,7 @@ def test_errors_name_the_culprit(monkeypatch):
         zoo.evaluate(Model(model.spec, "not-in-catalog"), metric="digits_fid", n=8, progress=False)
 
 
+@pytest.mark.heavy
 def test_fid_and_inception_score_with_given_weights_and_reference(tmp_path, inception_weights):
     from safetensors.torch import save_file
 

@@ -86,6 +86,7 @@ def flows():
     return rf1, rf2, pairs
 
 
+@pytest.mark.heavy
 def test_reflow_straightens_the_flow_and_one_step_samples_improve(flows):
     rf1, rf2, _ = flows
     data = moons(4096, 123)
@@ -101,6 +102,7 @@ def test_reflow_straightens_the_flow_and_one_step_samples_improve(flows):
     assert sw_many < sw1, "the 1-RF itself must be a good flow when integrated finely: " + msg
 
 
+@pytest.mark.heavy
 def test_distilled_one_step_map_fits_the_pairs(flows):
     """k = 1 distillation (rf_distill) trains only at t = 1: x0 = eps - v(eps, 1) on the pairs."""
     _, rf2, pairs = flows

@@ -171,6 +171,7 @@ def first_imports() -> dict[str, str]:
     return {line.split(" ", 2)[1]: line for line in done.stdout.splitlines() if line.startswith(("OK ", "FAIL "))}
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("first", FIRSTS)
 def test_a_jobs_or_serve_module_imports_first(first, first_imports):
     """What a Ray worker or a submitted job imports first loads without a circular import (the

@@ -100,7 +100,7 @@ def lora_run(digits_base, tmp_path_factory):
     return run, model
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_lora_training_changes_only_the_adapters(lora_run, digits_base):
     """The model the worker trained keeps every base weight bit for bit (AdamW weight decay on);
     the adapters move; checkpoints hold the adapters alone, and the diffusers-layout file beside."""
@@ -133,7 +133,7 @@ def test_lora_training_changes_only_the_adapters(lora_run, digits_base):
     assert (a - plain_base).abs().max() > 1e-4, "the trained adapter changes nothing"
 
 
-@pytest.mark.slow
+@pytest.mark.heavy
 def test_lora_run_resumes_bit_identically(lora_run, digits_base, tmp_path):
     straight, _ = lora_run
     first = zoo.train("ddpm-digits", output=str(tmp_path), weights=digits_base, **LORA_RUN,
@@ -227,6 +227,7 @@ def test_pickles_and_strangers_are_refused(tmp_path, digits_base):
 # -- Stable Diffusion: diffusers' layout, both ways ---------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_zoo_adapter_loads_in_diffusers_with_the_same_images(sd_folders, tmp_path, one_thread):
     """An adapter zoo writes (rank 4, alpha 8: the metadata carries the scale) gives the same images
     through pipe.load_lora_weights as through zoo.load(lora=), on its own base and on another
@@ -305,6 +306,7 @@ def test_diffusers_written_adapter_loads_in_ours(sd_folders, layout, tmp_path, o
 # -- LCM-LoRA ------------------------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("steps", [1, 4])
 def test_lcm_lora_equals_diffusers_lcm_scheduler(sd_folders, steps, tmp_path, one_thread):
     """An LCM-LoRA (the layers LCM-LoRA adapts, rank 8, written by peft + diffusers' save path as

@@ -117,6 +117,7 @@ def test_precision_recall_of_identical_disjoint_and_collapsed_sets():
 # -- the FID Inception-v3 -------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_inception_loads_safetensors_and_pth_and_matches_pytorch_fid(inception_weights, tmp_path):
     from zoo.metrics.inception import load_inception
 
@@ -168,6 +169,7 @@ def test_inception_weights_errors(tmp_path, monkeypatch):
 # -- reference statistics -------------------------------------------------------------------------
 
 
+@pytest.mark.heavy
 def test_reference_statistics_next_to_the_data(tmp_path, inception_weights):
     from PIL import Image
     from safetensors.torch import save_file

@@ -34,6 +34,7 @@ def run(process_spec, solver_spec, steps, seed=0, n=N, copies=1):
     return solver_spec.build()(bind(den), process, x, ts, rng)
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("process", [VpLinearSpec(), VpCosineSpec(), VpLinearSpec(timesteps=None)], ids=["linear", "cosine", "linear-cont"])
 @pytest.mark.parametrize(
     "solver,steps",

@@ -40,8 +40,12 @@ class Node:
 
     def __init__(self, args: list[str], log: Path):
         self.log = open(log, "ab")
-        # loopback only: no token to share between the nodes; a job's `python` is this venv's
-        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(RAY).parent}{os.pathsep}{os.environ['PATH']}"}
+        # loopback only: no token to share between the nodes; a job's `python` is this venv's. The
+        # head's dashboard starts beside its GCS, raylet, agents and prestarted workers, all importing
+        # at once on 2 shared cores: once it had not published its address after Ray's 60 s
+        # (2026-12-02, `make test`), so `ray start` gave up; the deadline here is generous instead
+        env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{Path(RAY).parent}{os.pathsep}{os.environ['PATH']}",
+               "RAY_DASHBOARD_STARTUP_TIMEOUT_S": "300"}
         env.pop("RAY_ADDRESS", None)
         self.proc = subprocess.Popen([RAY, "start", "--block", "--disable-usage-stats", "--node-ip-address=127.0.0.1",
                                       "--num-cpus=2", "--num-gpus=0", "--object-store-memory=100000000", *args, *ports()],
