@@ -41,6 +41,9 @@ browser:
 # pytest-xdist 3.8 cannot rename pytest 9's node ids, so its groups are ignored.)
 XDIST   := OMP_NUM_THREADS=1 OPENBLAS_NUM_THREADS=1 MKL_NUM_THREADS=1 $(BIN)/python -m pytest -q -n 2
 FAST    := $(XDIST) -m "not slow and not heavy and not quality"
+# The slow part collects only the files that mark a test slow: 11 s instead of 19 s of collection
+# (the imports of every test module) on its critical path (2026-12-02).
+SLOW_FILES = $$(grep -l 'mark\.slow' tests/test_*.py)
 # `make test` runs the fast and heavy tests at nice 19 beside the slow ones (their output is printed
 # when both parts have ended): the slow part waits on process start-ups, health checks and autoscaling delays, so
 # about a quarter of the two cores is idle while it runs (vmstat, 2026-12-02), and a niced
@@ -52,7 +55,7 @@ test: $(STAMP) browser
 	echo "== the slow tests; the fast and heavy ones run beside them at nice 19 (their output follows)"; \
 	{ nice -n 19 env $(XDIST) -m "not slow and not quality" -p no:cacheprovider >.test-fast.log 2>&1; echo $$? >.test-fast.log.rc; } & \
 	fast_job=$$!; trap 'pkill -TERM -P $$fast_job; exit 130' INT TERM; \
-	$(BIN)/python -m pytest -q -m "slow and not quality"; slow=$$?; wait; \
+	$(BIN)/python -m pytest -q -m "slow and not quality" $(SLOW_FILES); slow=$$?; wait; \
 	echo "== the fast and heavy tests (at nice 19, beside the slow ones above)"; cat .test-fast.log; \
 	fast=$$(cat .test-fast.log.rc); rm -f .test-fast.log.rc; \
 	[ "$$slow" = 0 ] && [ "$$fast" = 0 ]
