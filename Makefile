@@ -32,8 +32,9 @@ browser:
 # Three kinds of test (pyproject.toml's markers). The fast ones: two pytest workers (pytest-xdist,
 # one torch thread each). `heavy`: seconds of CPU each in one process, nothing shared (small
 # training runs in the test process, 1000-step chains, Inception and diffusers round trips, models
-# from the trained-run cache): with the fast ones in `make test`, left out of `make test-fast`. `slow`: one process, in file order,
-# since they share the session's Ray cluster, S3 server and trained runs.
+# from the trained-run cache): with the fast ones in `make test`, left out of `make test-fast`.
+# `slow`: one process, in file order, since they share the session's Ray cluster, Serve and the
+# S3 and HTTP servers.
 # Two slow workers a file at a time (--dist loadfile) were measured too: the slow part is CPU-bound
 # while busy (Ray Train runs are process start-ups and imports), so each test ran about 2x slower
 # beside the other worker (583 s for what takes about 630 s alone), and a Serve readiness probe
@@ -44,12 +45,12 @@ FAST    := $(XDIST) -m "not slow and not heavy and not quality"
 # The slow part collects only the files that mark a test slow: 11 s instead of 19 s of collection
 # (the imports of every test module) on its critical path (2026-12-02).
 SLOW_FILES = $$(grep -l 'mark\.slow' tests/test_*.py)
-# `make test` runs the fast and heavy tests at nice 19 beside the slow ones (their output is printed
-# when both parts have ended): the slow part waits on process start-ups, health checks and autoscaling delays, so
-# about a quarter of the two cores is idle while it runs (vmstat, 2026-12-02), and a niced
-# process gets that idle time but only about 1.5% of a core the slow part wants. The fast part
-# keeps out of .pytest_cache (two sessions would write it at once). Ctrl-C reaches both parts; a
-# signal sent to the recipe's shell alone ends the fast part through the trap.
+# `make test` runs the fast and heavy tests at nice 19 beside the slow ones (their output is
+# printed when both parts have ended): the slow part waits on process start-ups, health checks and
+# autoscaling delays, so about a quarter of the two cores is idle while it runs (vmstat,
+# 2026-12-02), and a niced process gets that idle time but only about 1.5% of a core the slow part
+# wants. The niced part keeps out of .pytest_cache (two sessions would write it at once). Ctrl-C
+# reaches both parts; a signal sent to the recipe's shell alone ends the niced part through the trap.
 test: $(STAMP) browser
 	@rm -f .test-fast.log .test-fast.log.rc; \
 	echo "== the slow tests; the fast and heavy ones run beside them at nice 19 (their output follows)"; \
