@@ -30,11 +30,10 @@ browser:
 	  $(SUDO) apt-get update -q && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q chromium chromium-driver; }
 
 # Three kinds of test (pyproject.toml's markers). The fast ones: two pytest workers (pytest-xdist,
-# one torch thread each). `heavy`: seconds of CPU each in one process, nothing shared (small
-# training runs in the test process, 1000-step chains, Inception and diffusers round trips, models
-# from the trained-run cache): with the fast ones in `make test`, left out of `make test-fast`.
-# `slow`: one process, in file order, since they share the session's Ray cluster, Serve and the
-# S3 and HTTP servers.
+# one torch thread each). `heavy`: seconds of CPU each in one process, nothing shared (1000-step
+# chains, Inception and diffusers round trips): with the fast ones in `make test`, left out of
+# `make test-fast`. `slow`: one process, in file order, since they share the session's Ray
+# cluster, S3 server and trained runs.
 # Two slow workers a file at a time (--dist loadfile) were measured too: the slow part is CPU-bound
 # while busy (Ray Train runs are process start-ups and imports), so each test ran about 2x slower
 # beside the other worker (583 s for what takes about 630 s alone), and a Serve readiness probe

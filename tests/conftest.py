@@ -28,10 +28,9 @@ torch.set_num_threads(max(1, torch.get_num_threads()))
 
 @pytest.fixture(scope="session")
 def trained_digits(tmp_path_factory, request) -> zoo.Run:
-    """ddpm-digits exactly as the catalog has it (the 600-step recipe), from the trained-run cache
-    (tests/train_cache.py: once per spec and code, kept under $ZOO_CACHE); on a miss it trains on
-    one Ray Train worker of this pytest process's ``ray_cluster``, and another process that needs
-    it at once waits for that run (a file lock) instead of training it again."""
+    """ddpm-digits exactly as the catalog has it (the 600-step recipe), on one Ray Train worker
+    of the session's cluster; trained once per spec and code and kept under $ZOO_CACHE
+    (tests/train_cache.py)."""
     from tests.train_cache import cached_train
 
     return cached_train(tmp_path_factory, "ddpm-digits", before=lambda: request.getfixturevalue("ray_cluster"))

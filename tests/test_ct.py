@@ -89,7 +89,7 @@ def test_student_and_target_draw_the_same_dropout_masks():
     assert torch.equal(a, b) and (a == 0).any()
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_ct_one_step_samples_match_gaussian_data_without_a_teacher(one_thread):
     """2000 steps of CT (s0 = 2, s1 = 20, mu0 = 0.9, l2) on N([1, -0.5], diag([0.5, 0.25]^2)):
     one-step samples of the student vs one DDIM step of the EXACT denoiser (n = 20000). Measured
@@ -126,7 +126,7 @@ def test_ct_one_step_samples_match_gaussian_data_without_a_teacher(one_thread):
     assert cm[1] < ddim[1] / 3 and cm[1] < untrained[1] / 3, msg
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_a_ct_run_resumed_mid_way_is_bit_identical_target_network_included(tmp_path):
     """The whole loop in process (workers=0): a consistency ddpm-digits (with dropout) trained by
     CT for 6 steps; a copy of the run as it stood after step 4 (N(k) and mu(k) depend on the run's

@@ -1,7 +1,6 @@
 """A trained ddpm-digits makes real-looking digits, measured in the feature space of a small
 classifier trained on the real digits (a classifier's confidence alone is no measure: it is
-confident on noise too). The catalog entry comes from the trained-run cache (tests/train_cache.py), trained
-on a miss (about 16 minutes on one core)."""
+confident on noise too). Trains the catalog entry once per session (a few minutes)."""
 
 from __future__ import annotations
 
@@ -13,7 +12,7 @@ from zoo.data import digits
 from zoo.metrics import frechet_distance, gaussian_stats
 from zoo.metrics.digits_classifier import classifier
 
-pytestmark = pytest.mark.heavy
+pytestmark = pytest.mark.slow
 N = 360  # the size of the held-out split
 
 

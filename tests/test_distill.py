@@ -90,7 +90,7 @@ def test_chained_rounds_halve_the_steps_down_to_the_entrys():
         zoo.distill("edm-digits", weights="w.safetensors", into="cd", rounds=2)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_chained_pd_rounds_are_resumable_runs_and_the_student_samples(tmp_path):
     """In process (workers=0), tiny models: a 2-step teacher run, then 2 PD rounds (8 -> 4 -> 2
     steps); each round's spec names the previous round's pinned checkpoint; a second call with
@@ -113,7 +113,7 @@ def test_chained_pd_rounds_are_resumable_runs_and_the_student_samples(tmp_path):
     assert model.spec == student.spec.model and model.sample(2, seed=0).shape == (2, 1, 16, 16)
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_zoo_distill_cli_trains_a_consistency_student(tmp_path):
     from typer.testing import CliRunner
 

@@ -85,7 +85,7 @@ def test_cd_rejects_a_teacher_solver_without_a_deterministic_step():
     assert "cd" in OBJECTIVES.kinds()
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_cd_one_step_samples_match_gaussian_data_where_ddim_collapses(one_thread):
     process, teacher, student, obj = setup(levels=18, mu=0.95, teacher_solver="heun")
     opt = torch.optim.Adam(student.parameters(), lr=2e-3)
@@ -113,7 +113,7 @@ def test_cd_one_step_samples_match_gaussian_data_where_ddim_collapses(one_thread
     assert cd_s < dd_s / 5, msg
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_a_cd_run_resumed_mid_way_is_bit_identical_target_network_included(tmp_path):
     """The whole loop in process (workers=0): a tiny ddpm-digits teacher, a consistency student
     distilled with CD (DDIM as Phi); 4 steps + resume to 6 == 6 straight, for the weights, their

@@ -155,7 +155,7 @@ def test_lcf_target_shares_the_noise_and_trains():
 CLASS_COND = {"conditioner": {"kind": "class_label", "num_classes": 10, "drop_prob": 0.1}, "backbone.num_classes": 10}
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_a_killed_lcd_run_resumes_bit_identically(tmp_path):
     """The whole loop in process (workers=0): a tiny class-conditional ddpm-digits teacher (eps,
     DDPM chain), an LCM student (lcm boundary scalings, w-embedding time_cond_proj_dim) distilled

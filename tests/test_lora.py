@@ -100,7 +100,7 @@ def lora_run(digits_base, tmp_path_factory):
     return run, model
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_lora_training_changes_only_the_adapters(lora_run, digits_base):
     """The model the worker trained keeps every base weight bit for bit (AdamW weight decay on);
     the adapters move; checkpoints hold the adapters alone, and the diffusers-layout file beside."""
@@ -133,7 +133,7 @@ def test_lora_training_changes_only_the_adapters(lora_run, digits_base):
     assert (a - plain_base).abs().max() > 1e-4, "the trained adapter changes nothing"
 
 
-@pytest.mark.heavy
+@pytest.mark.slow
 def test_lora_run_resumes_bit_identically(lora_run, digits_base, tmp_path):
     straight, _ = lora_run
     first = zoo.train("ddpm-digits", output=str(tmp_path), weights=digits_base, **LORA_RUN,
