@@ -169,19 +169,19 @@ def main() -> None:
     os.environ.update(AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1",
                       AWS_ENDPOINT_URL=endpoint, AWS_ENDPOINT_URL_S3=endpoint)
     import fsspec
-    import ray
 
     import zoo
     from jobs.pack import pack, write_samples
     from jobs.shards import PREFETCH_BATCHES
+    from zoo import local_cluster
 
     results = {}
     try:
         fsspec.filesystem("s3").mkdir("bench")
         samples = digits_samples(a.rows)
-        # as the embedded cluster of zoo.train: Ray Data's CPUs beside one train worker
-        ray.init(num_cpus=max(os.cpu_count() or 1, 3), include_dashboard=False, configure_logging=False,
-                 log_to_driver=False)
+        # zoo.train's embedded cluster (loopback only, workers at nice 0, no token notice), with
+        # Ray Data's CPUs beside one train worker
+        local_cluster.start(max(os.cpu_count() or 1, 3), resize=False, log_to_driver=False)
         for pixels in ("png", "raw"):
             url = f"s3://bench/digits-{pixels}"
             index = write_samples(samples, url, source="digits repeated", classes=[str(d) for d in range(10)],
@@ -200,7 +200,7 @@ def main() -> None:
         spec = zoo.get("ddpm-digits", data=small, batch_size=a.batch_size, steps=index.rows // a.batch_size * 4).train
         waits = {d: paced(small, index, spec, 3, a.step_s, d) for d in (1, PREFETCH_BATCHES)}
     finally:
-        ray.shutdown()
+        local_cluster.shutdown()
         server.stop()
     consume = train_rate(a.batch_size, a.train_steps)
 
