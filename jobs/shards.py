@@ -132,61 +132,38 @@ def check_shards(url: str, index: ShardIndex, on_bad: str) -> tuple[list[str], d
 
 # -- driver: the Ray Data pipeline ---------------------------------------------------------------
 BLOCK_BYTES = 8 * 2**20  # decoded bytes per Ray Data block: large enough that per-block costs vanish
-# decoded bytes a Ray Data task reads: shards smaller than this are read several to a task (as
-# many as it holds), in order, since a task costs about as much as reading a small shard (its
-# scheduling, an S3 open; bench/RESULTS.md: raw 16x16 digits in the pack's default shards of
-# 1,000 rows, 4 to a task, streamed about 25% faster than one to a task)
-TASK_BYTES = 2**20
 
 
 def dataset(url: str, index: ShardIndex, shard_urls: list[str], on_bad: str, counter: Any = None,
             columns: list[str] | None = None, progress: bool = False):
     """A Ray Data dataset of decoded rows: image (C, H, W) uint8 or latent, label, caption.
 
-    Ray Data tasks read the shards with pyarrow through the URL's fsspec filesystem (only the
-    wanted columns) and decode them in blocks of ``rows_per_block`` rows, in order: one task per
-    shard, or several small shards per task (``shards_per_task``). jobs/decode.py: its tasks
-    import neither torch nor the zoo package, so Ray Data's worker processes start fast."""
+    One Ray Data task per shard reads it with pyarrow through the URL's fsspec filesystem (only
+    the wanted columns) and decodes it in blocks of ``rows_per_block`` rows, in order
+    (jobs/decode.py: its tasks import neither torch nor the zoo package, so Ray Data's worker
+    processes start fast)."""
     import ray.data
 
     wanted = [c for c in (columns or index.columns) if c in index.columns]
     if "latent" in wanted:
         wanted = [c for c in wanted if c not in ("image", "pixels")]  # latent runs skip the pixels
     wanted = ["key", *[c for c in wanted if c != "key"]]
-    per_task, block_bytes = shards_per_task(index)
-    ds = ray.data.from_items([{"shard": u} for u in shard_urls], override_num_blocks=-(-len(shard_urls) // per_task))
+    ds = ray.data.from_items([{"shard": u} for u in shard_urls], override_num_blocks=len(shard_urls))
     read = partial(read_shards, layout=Layout.of(index), columns=wanted, on_bad=on_bad, counter=counter, url=url,
                    rows=rows_per_block(index))
-    ds = ds.map_batches(read, batch_size=per_task, batch_format="numpy")
-    if per_task > 1:
-        # Ray Data joins what one task yields into blocks of up to target_max_block_size (128 MiB):
-        # a task of small shards would hand over all of them at its end, delaying every epoch's
-        # first batch; at one shard's decoded pixels (or latents), each shard is a block of its own
-        ds.context.target_max_block_size = block_bytes
+    ds = ds.map_batches(read, batch_size=1, batch_format="numpy")
     ds.context.enable_progress_bars = progress
     ds.context.print_on_execution_start = progress
     ds.context.execution_options.preserve_order = True  # a deterministic stream (local mode too)
     return ds
 
 
-def row_bytes(index: ShardIndex) -> int:
-    """Decoded bytes of a row's pixels, or of its latent (and noise)."""
-    if index.latent_shape:
-        return int(np.prod(index.latent_shape)) * 4 * (2 if "noise" in index.columns else 1)
-    return (index.channels or 3) * (index.image_size or 64) ** 2
-
-
 def rows_per_block(index: ShardIndex) -> int:
-    return int(min(4096, max(16, BLOCK_BYTES // row_bytes(index))))
-
-
-def shards_per_task(index: ShardIndex) -> tuple[int, int]:
-    """(consecutive shards one Ray Data task reads, decoded bytes of a full block of one of them):
-    as many as ``TASK_BYTES`` holds decoded, at least one (a pack's shards all hold the same rows
-    but its last)."""
-    rows = max((s.rows for s in index.shards), default=0)
-    block = max(1, min(rows, rows_per_block(index)) * row_bytes(index))
-    return max(1, min(len(index.shards), TASK_BYTES // max(1, rows * row_bytes(index)))), block
+    if index.latent_shape:
+        row = int(np.prod(index.latent_shape)) * 4 * (2 if "noise" in index.columns else 1)
+    else:
+        row = (index.channels or 3) * (index.image_size or 64) ** 2
+    return int(min(4096, max(16, BLOCK_BYTES // row)))
 
 
 def decode_batch(batch: dict[str, np.ndarray], *, index: ShardIndex, on_bad: str, counter: Any = None,

@@ -170,21 +170,6 @@ def test_streamed_resume_continues_the_exact_stream(small_shards, tmp_path, ray_
     assert_bit_identical(straight.checkpoint, resumed.checkpoint)
 
 
-@pytest.mark.slow  # a Ray cluster streams the shards
-def test_small_shards_share_a_read_task_and_stay_a_block_each(small_shards, ray_cluster):
-    """Shards under TASK_BYTES decoded are read several to a Ray Data task (a task costs about as
-    much as reading a small shard), in order; each shard still reaches the trainer as a block of
-    its own, not all of a task's rows at its end (which would delay every epoch's first batch)."""
-    from jobs import shards
-
-    index, url = small_shards
-    assert shards.shards_per_task(index) == (4, 15 * 16 * 16 * index.channels), "all 4 shards in one task"
-    good, _ = shards.check_shards(url, index, "error")
-    blocks = list(shards.dataset(url, index, good, "error").iter_batches(batch_size=None, batch_format="numpy"))
-    assert [len(b["image"]) for b in blocks] == [s.rows for s in index.shards] == [15, 15, 15, 3]
-    assert np.array_equal(np.concatenate([b["image"] for b in blocks]), np.stack(pixels(url))), "the rows, in order"
-
-
 def _rewrite_shard(url: str, shard: str, fn) -> None:
     fs, root = fsspec.core.url_to_fs(url)
     path = posixpath.join(root, shard)
